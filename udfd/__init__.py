@@ -1,0 +1,67 @@
+"""udfd: one asyncio daemon serving many Kapacitor UDF handlers, each on its own unix socket.
+
+The names here are the handler API; everything else is the daemon's business.
+"""
+
+from __future__ import annotations
+
+from .errors import (
+    FieldTypeError,
+    MissingField,
+    OptionsError,
+    PointError,
+    ProtocolError,
+    UdfdError,
+)
+from .handler import BatchHandler, Context, Edge, Handler, Output, batch_output
+from .options import Flag, NoOptions, Options
+from .points import (
+    BeginBatch,
+    EndBatch,
+    Point,
+    derive,
+    fields,
+    get_field,
+    get_number,
+    group_key,
+    has_field,
+    make_point,
+    remove_field,
+    set_field,
+)
+from .state import GroupState, SnapshotError
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "BatchHandler",
+    "BeginBatch",
+    "Context",
+    "Edge",
+    "EndBatch",
+    "FieldTypeError",
+    "Flag",
+    "GroupState",
+    "Handler",
+    "MissingField",
+    "NoOptions",
+    "Options",
+    "OptionsError",
+    "Output",
+    "Point",
+    "PointError",
+    "ProtocolError",
+    "SnapshotError",
+    "UdfdError",
+    "__version__",
+    "batch_output",
+    "derive",
+    "fields",
+    "get_field",
+    "get_number",
+    "group_key",
+    "has_field",
+    "make_point",
+    "remove_field",
+    "set_field",
+]

@@ -1,0 +1,58 @@
+"""udfd's exception hierarchy: one root, a subclass per kind of failure.
+
+Only the CLI turns these into exit codes; everything else raises or handles them.
+"""
+
+from __future__ import annotations
+
+
+class UdfdError(Exception):
+    """Root of every error udfd raises on purpose."""
+
+
+class ProtocolError(UdfdError):
+    """The peer broke the UDF protocol; the connection cannot continue."""
+
+
+class FrameError(ProtocolError):
+    """The byte stream is not a valid sequence of length-prefixed messages."""
+
+
+class OptionsError(UdfdError):
+    """Init options do not fit the handler's declared options."""
+
+
+class HandlerDefinitionError(UdfdError):
+    """A handler class does not satisfy the handler contract."""
+
+
+class OutputError(UdfdError):
+    """A handler produced output the protocol forbids (a handler bug)."""
+
+
+class PointError(UdfdError):
+    """A data problem the handler anticipates: the point is logged, counted and dropped.
+
+    Raise it (or a subclass) from a handler callback for input that is wrong but
+    expected now and then, such as a missing field; Kapacitor's own nodes drop
+    such points too instead of stopping the task.
+    """
+
+
+class MissingField(PointError, KeyError):
+    """A point lacks a field the handler needs."""
+
+    def __str__(self) -> str:  # KeyError would quote the message
+        return str(self.args[0]) if self.args else "missing field"
+
+
+class FieldTypeError(PointError, TypeError):
+    """A point's field has a type the handler cannot use."""
+
+
+class ConfigError(UdfdError):
+    """The configuration is invalid; the message names the key."""
+
+
+class StartupError(UdfdError):
+    """The daemon cannot start (a socket is owned by someone else, ...)."""

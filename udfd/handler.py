@@ -1,0 +1,251 @@
+"""The public handler API: what a UDF author subclasses.
+
+A handler declares, on the class, what it wants and provides and its options
+model; udfd derives Kapacitor's ``InfoResponse`` from that declaration without
+creating an instance, so Info is instant and never fails on handler code. One
+instance is created per Kapacitor connection, at Init, with validated options.
+
+Callbacks may be plain functions or coroutines. Plain ones are the fast path
+(a chunk of points is processed in one loop) and, with ``threaded = True``, run
+in a worker thread so a CPU-heavy handler never delays keepalives. A callback
+returns its output: ``None``, one message, or an iterable of messages.
+"""
+
+from __future__ import annotations
+
+import enum
+import inspect
+import logging
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Generic, TypeAlias, TypeVar, cast, get_args, get_origin
+
+from .errors import HandlerDefinitionError
+from .options import NoOptions, Options, OptionSpec, info_options, option_specs
+from .proto import udf_pb2 as pb
+from .state import GroupState, SnapshotError, decode_snapshot, encode_snapshot
+
+
+class Edge(enum.IntEnum):
+    """What a handler consumes and produces (the protocol's ``EdgeType``)."""
+
+    STREAM = pb.STREAM
+    BATCH = pb.BATCH
+
+
+Message: TypeAlias = pb.Point | pb.BeginBatch | pb.EndBatch
+Output: TypeAlias = Message | Iterable[Message] | None
+
+OptionsT = TypeVar("OptionsT", bound=Options)
+
+
+@dataclass(frozen=True)
+class Context:
+    """Where a handler instance runs: which function, task and node."""
+
+    function: str = ""
+    task_id: str = ""
+    node_id: str = ""
+    logger: logging.Logger | logging.LoggerAdapter[logging.Logger] = field(
+        default_factory=lambda: logging.getLogger("udfd.handler")
+    )
+
+
+CALLBACKS = ("init", "point", "begin_batch", "end_batch", "snapshot", "restore", "close")
+
+
+class Handler(Generic[OptionsT]):
+    """Base class of udfd handlers.
+
+    Subclass it as ``class MyHandler(Handler[MyOptions])``; the type argument is
+    the options model (omit it for a handler without options).
+    """
+
+    wants: ClassVar[Edge] = Edge.STREAM
+    provides: ClassVar[Edge] = Edge.STREAM
+    #: Run callbacks in a worker thread (for CPU-heavy handlers).
+    threaded: ClassVar[bool] = False
+    #: Bump when the layout of GroupState contents changes; see ``migrate_state``.
+    state_version: ClassVar[int] = 1
+    #: Filled from the generic argument; may also be set explicitly.
+    options_model: ClassVar[type[Options]] = NoOptions
+
+    options: OptionsT
+    context: Context
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        for base in getattr(cls, "__orig_bases__", ()):
+            if get_origin(base) is not None and issubclass(get_origin(base), Handler):
+                args = get_args(base)
+                if args and isinstance(args[0], type) and issubclass(args[0], Options):
+                    cls.options_model = args[0]
+
+    def __init__(self, options: OptionsT, context: Context | None = None) -> None:
+        self.options = options
+        self.context = context if context is not None else Context()
+
+    @property
+    def log(self) -> logging.Logger | logging.LoggerAdapter[logging.Logger]:
+        return self.context.logger
+
+    # ---- callbacks (override what you need) ----
+
+    def init(self) -> None:
+        """Called once after options are validated, before any data."""
+
+    def point(self, point: pb.Point) -> Output:
+        """A point of a stream, or a point inside a batch."""
+        return None
+
+    def begin_batch(self, begin: pb.BeginBatch) -> Output:
+        return None
+
+    def end_batch(self, end: pb.EndBatch) -> Output:
+        return None
+
+    def close(self) -> Output:
+        """Kapacitor finished sending (task stopped); last chance to emit."""
+        return None
+
+    def snapshot(self) -> bytes:
+        """The handler's state; by default every :class:`GroupState` attribute."""
+        return encode_snapshot(type(self).__qualname__, self.state_version, self._group_states())
+
+    def restore(self, data: bytes) -> None:
+        """Load what :meth:`snapshot` returned; raising makes Restore fail readably."""
+        _, version, states = decode_snapshot(data)
+        if version != self.state_version:
+            states = self.migrate_state(version, states)
+        own = self._group_states()
+        unknown = set(states) - set(own)
+        if unknown:
+            raise SnapshotError(
+                f"snapshot holds state this handler does not have: {sorted(unknown)}"
+            )
+        for name, state in own.items():
+            state.load_json(states.get(name, {}))
+
+    def migrate_state(self, version: int, states: dict[str, Any]) -> dict[str, Any]:
+        """Convert snapshot states of an older ``state_version``; override to support it."""
+        raise SnapshotError(
+            f"snapshot has state version {version}, this handler uses {self.state_version} "
+            "and defines no migration"
+        )
+
+    def _group_states(self) -> dict[str, GroupState[Any]]:
+        return {k: v for k, v in vars(self).items() if isinstance(v, GroupState)}
+
+
+class BatchHandler(Handler[OptionsT]):
+    """A handler that sees each batch whole: override :meth:`process_batch`.
+
+    udfd collects the points between Begin and End and frames the output exactly
+    as Kapacitor requires: a Begin with the exact size, the points, then an End
+    that echoes the request's name, group, tags and tmax.
+    """
+
+    wants: ClassVar[Edge] = Edge.BATCH
+    provides: ClassVar[Edge] = Edge.BATCH
+
+    def __init__(self, options: OptionsT, context: Context | None = None) -> None:
+        super().__init__(options, context)
+        self._begin: pb.BeginBatch | None = None
+        self._points: list[pb.Point] = []
+
+    def process_batch(
+        self, points: list[pb.Point], begin: pb.BeginBatch, end: pb.EndBatch
+    ) -> Iterable[pb.Point]:
+        """Return the batch's output points (default: the input unchanged)."""
+        return points
+
+    def begin_batch(self, begin: pb.BeginBatch) -> Output:
+        self._begin = begin
+        self._points = []
+        return None
+
+    def point(self, point: pb.Point) -> Output:
+        self._points.append(point)
+        return None
+
+    def end_batch(self, end: pb.EndBatch) -> Output:
+        begin = self._begin if self._begin is not None else pb.BeginBatch()
+        points, self._points, self._begin = self._points, [], None
+        return batch_output(begin, list(self.process_batch(points, begin, end)), end)
+
+
+def batch_output(begin: pb.BeginBatch, points: list[pb.Point], end: pb.EndBatch) -> list[Message]:
+    """Frame output points as one batch, echoing the request's identity."""
+    out_begin = pb.BeginBatch(
+        name=end.name or begin.name,
+        group=end.group or begin.group,
+        tags=end.tags or begin.tags,
+        size=len(points),
+        byName=begin.byName,
+    )
+    out_end = pb.EndBatch(
+        name=end.name or begin.name,
+        group=end.group or begin.group,
+        tmax=end.tmax,
+        tags=end.tags or begin.tags,
+        byName=end.byName,
+    )
+    return [out_begin, *points, out_end]
+
+
+@dataclass(frozen=True)
+class HandlerSpec:
+    """Everything udfd needs to serve a handler class, checked once at load time."""
+
+    cls: type[Handler[Any]]
+    name: str
+    info: pb.InfoResponse
+    options: dict[str, OptionSpec]
+    is_async: frozenset[str]
+
+    @property
+    def threaded(self) -> bool:
+        return self.cls.threaded
+
+    @property
+    def wants(self) -> Edge:
+        return self.cls.wants
+
+    @property
+    def provides(self) -> Edge:
+        return self.cls.provides
+
+
+def inspect_handler(cls: object, name: str = "") -> HandlerSpec:
+    """Check a handler class against the contract and derive its Info.
+
+    Raises :class:`HandlerDefinitionError` naming what is wrong, so a broken
+    handler fails when it is loaded rather than on Kapacitor's first Init.
+    """
+    label = name or getattr(cls, "__qualname__", repr(cls))
+    if not (isinstance(cls, type) and issubclass(cls, Handler)):
+        raise HandlerDefinitionError(f"{label}: not a subclass of udfd.Handler")
+    for attr in ("wants", "provides"):
+        value = getattr(cls, attr)
+        if value not in (Edge.STREAM, Edge.BATCH):
+            raise HandlerDefinitionError(f"{label}: {attr} must be Edge.STREAM or Edge.BATCH")
+    model = cls.options_model
+    if not (isinstance(model, type) and issubclass(model, Options)):
+        raise HandlerDefinitionError(f"{label}: options_model must subclass udfd.Options")
+    specs = option_specs(model)
+    is_async = frozenset(
+        cb for cb in CALLBACKS if inspect.iscoroutinefunction(getattr(cls, cb, None))
+    )
+    if cls.threaded and is_async:
+        raise HandlerDefinitionError(
+            f"{label}: threaded handlers need plain callbacks, "
+            f"but {', '.join(sorted(is_async))} are coroutines"
+        )
+    info = pb.InfoResponse(
+        wants=cast("pb.EdgeType", int(cls.wants)),
+        provides=cast("pb.EdgeType", int(cls.provides)),
+        options=info_options(specs),
+    )
+    return HandlerSpec(
+        cls=cls, name=name or cls.__qualname__, info=info, options=specs, is_async=is_async
+    )

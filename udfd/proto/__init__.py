@@ -1,0 +1,1 @@
+"""udfd's own schema of Kapacitor's UDF protocol and the code generated from it."""
