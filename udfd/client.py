@@ -287,13 +287,16 @@ class UdfClient:
 async def connect(
     path: str | os.PathLike[str],
     *,
-    timeout: float = 10.0,
+    reply_timeout: float = 10.0,
     max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE,
 ) -> AsyncIterator[UdfClient]:
-    """Open a connection to a UDF socket; its reader task lives as long as the block."""
+    """Open a connection to a UDF socket; its reader task lives as long as the block.
+
+    ``reply_timeout`` bounds each wait for a response (as Kapacitor's own timeout).
+    """
     stream = await anyio.connect_unix(os.fspath(path))
     async with stream, anyio.create_task_group() as tg:
-        client = UdfClient(stream, timeout=timeout, max_message_size=max_message_size)
+        client = UdfClient(stream, timeout=reply_timeout, max_message_size=max_message_size)
         tg.start_soon(client._read)
         try:
             yield client
@@ -301,9 +304,9 @@ async def connect(
             tg.cancel_scope.cancel()
 
 
-async def probe_info(path: str | os.PathLike[str], timeout: float = 5.0) -> pb.InfoResponse:
+async def probe_info(path: str | os.PathLike[str], reply_timeout: float = 5.0) -> pb.InfoResponse:
     """Info and a prompt close, exactly what Kapacitor does at start-up."""
-    async with connect(path, timeout=timeout) as client:
+    async with connect(path, reply_timeout=reply_timeout) as client:
         info = await client.info()
         await client.close_write()
         await client.wait_closed()

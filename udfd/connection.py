@@ -25,6 +25,7 @@ already produced, stops reading and closes this connection only.
 
 from __future__ import annotations
 
+import contextlib
 import enum
 import logging
 import math
@@ -35,14 +36,19 @@ from typing import Any
 
 import anyio
 import anyio.abc
+import anyio.from_thread
+import anyio.lowlevel
+import anyio.to_thread
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
 from . import wire
 from .errors import (
+    InitFailed,
     OptionsError,
     OutputError,
     PointError,
     ProtocolError,
+    RestoreFailed,
 )
 from .framing import DEFAULT_MAX_MESSAGE_SIZE, FrameDecoder
 from .handler import Context, Edge, Handler, HandlerSpec
@@ -170,6 +176,9 @@ class Connection:
         )
         self._drop_log = _RateLimitedLog(self._log)
         self._group = ""  # group of the point being handled, for error context
+        self._flush_requested = False
+        self._chunks: MemoryObjectSendStream[list[bytes] | ProtocolError] | None = None
+        self._token: anyio.lowlevel.EventLoopToken | None = None
         self.ended_by: str = ""
 
     @property
@@ -185,6 +194,8 @@ class Connection:
         send, receive = anyio.create_memory_object_stream[list[bytes] | ProtocolError](
             self._limits.queue_chunks
         )
+        self._chunks = send
+        self._token = anyio.lowlevel.current_token()
         try:
             async with anyio.create_task_group() as tg:
                 tg.start_soon(self._writer.run)
@@ -247,7 +258,11 @@ class Connection:
                 async for chunk in receive:
                     if isinstance(chunk, ProtocolError):
                         raise _Fatal(f"udfd: protocol error: {chunk}")
-                    await self._process_chunk(chunk)
+                    if chunk:
+                        await self._process_chunk(chunk)
+                    if self._flush_requested and self._handler is not None:
+                        self._flush_requested = False
+                        await self._call_for_output(self._handler.flush)
                     if self._out:
                         writer.put_many(self._out)
                         self._out = []
@@ -289,6 +304,29 @@ class Connection:
                 await result  # type: ignore[misc]
         except Exception:
             self._log.exception("handler close failed")
+
+    def request_flush(self) -> None:
+        """Thread-safe: have the runner call the handler's ``flush`` soon.
+
+        Sets a flag the runner checks after every chunk, and wakes an idle runner
+        with an empty chunk when the queue has room (a full queue means the runner
+        is busy and will see the flag anyway).
+        """
+        self._flush_requested = True
+        chunks, token = self._chunks, self._token
+        if chunks is None or token is None:
+            return
+
+        def wake() -> None:
+            with contextlib.suppress(
+                anyio.WouldBlock, anyio.ClosedResourceError, anyio.BrokenResourceError
+            ):
+                chunks.send_nowait([])
+
+        try:
+            anyio.from_thread.run_sync(wake, token=token)
+        except RuntimeError:
+            wake()  # called on the event loop thread itself
 
     # ------------------------------------------------------------ processing
 
@@ -545,17 +583,26 @@ class Connection:
             return
         spec = self._spec
         try:
-            options = build_options(
-                spec.cls.options_model, spec.options, request.options, self._defaults
-            )
+            if spec.cls.raw_options:
+                options: Any = request
+            else:
+                options = build_options(
+                    spec.cls.options_model, spec.options, request.options, self._defaults
+                )
         except OptionsError as exc:
             self._log.warning("Init rejected: %s", exc)
             self._out.append(wire.init_frame(False, f"{self._function}: {exc}"))
             return
-        context = Context(self._function, self._task_id, self._node_id, self._log)
+        context = Context(
+            self._function, self._task_id, self._node_id, self._log, self.request_flush
+        )
         try:
             handler = spec.cls(options, context)
             await self._call(handler.init)
+        except InitFailed as exc:
+            self._log.warning("handler refused Init: %s", exc)
+            self._out.append(wire.init_frame(False, str(exc)))
+            return
         except Exception as exc:
             self._log.error("handler init failed: %s", exc, exc_info=exc)
             self._out.append(
@@ -592,6 +639,10 @@ class Connection:
             return
         try:
             await self._call(handler.restore, request.snapshot)
+        except RestoreFailed as exc:
+            self._log.warning("handler refused Restore: %s", exc)
+            self._out.append(wire.restore_frame(False, str(exc)))
+            return
         except Exception as exc:
             self._log.warning("restore failed: %s", exc)
             self._out.append(wire.restore_frame(False, f"{self._function}: restore failed: {exc}"))

@@ -50,6 +50,14 @@ class FieldTypeError(PointError, TypeError):
     """A point's field has a type the handler cannot use."""
 
 
+class InitFailed(UdfdError):
+    """Raised by a handler's ``init`` to refuse Init with exactly this message."""
+
+
+class RestoreFailed(UdfdError):
+    """Raised by a handler's ``restore`` to refuse Restore with exactly this message."""
+
+
 class ConfigError(UdfdError):
     """The configuration is invalid; the message names the key."""
 

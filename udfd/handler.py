@@ -16,7 +16,7 @@ from __future__ import annotations
 import enum
 import inspect
 import logging
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Generic, TypeAlias, TypeVar, cast, get_args, get_origin
 
@@ -39,6 +39,10 @@ Output: TypeAlias = Message | Iterable[Message] | None
 OptionsT = TypeVar("OptionsT", bound=Options)
 
 
+def _no_flush() -> None:
+    """request_flush of a context that is not attached to a connection."""
+
+
 @dataclass(frozen=True)
 class Context:
     """Where a handler instance runs: which function, task and node."""
@@ -49,9 +53,12 @@ class Context:
     logger: logging.Logger | logging.LoggerAdapter[logging.Logger] = field(
         default_factory=lambda: logging.getLogger("udfd.handler")
     )
+    #: Thread-safe: ask the connection to call the handler's ``flush`` soon, for
+    #: output produced outside a callback (timers, background threads).
+    request_flush: Callable[[], None] = _no_flush
 
 
-CALLBACKS = ("init", "point", "begin_batch", "end_batch", "snapshot", "restore", "close")
+CALLBACKS = ("init", "point", "begin_batch", "end_batch", "flush", "snapshot", "restore", "close")
 
 
 class Handler(Generic[OptionsT]):
@@ -69,6 +76,10 @@ class Handler(Generic[OptionsT]):
     state_version: ClassVar[int] = 1
     #: Filled from the generic argument; may also be set explicitly.
     options_model: ClassVar[type[Options]] = NoOptions
+    #: Adapters only: skip option validation and hand ``InitRequest`` itself over
+    #: as ``self.options``; Info then comes from ``info_override``.
+    raw_options: ClassVar[bool] = False
+    info_override: ClassVar[pb.InfoResponse | None] = None
 
     options: OptionsT
     context: Context
@@ -102,6 +113,10 @@ class Handler(Generic[OptionsT]):
         return None
 
     def end_batch(self, end: pb.EndBatch) -> Output:
+        return None
+
+    def flush(self) -> Output:
+        """Called after ``context.request_flush()``: return output produced meanwhile."""
         return None
 
     def close(self) -> Output:
@@ -232,7 +247,9 @@ def inspect_handler(cls: object, name: str = "") -> HandlerSpec:
     model = cls.options_model
     if not (isinstance(model, type) and issubclass(model, Options)):
         raise HandlerDefinitionError(f"{label}: options_model must subclass udfd.Options")
-    specs = option_specs(model)
+    specs = {} if cls.raw_options else option_specs(model)
+    if cls.raw_options and cls.info_override is None:
+        raise HandlerDefinitionError(f"{label}: raw_options needs info_override")
     is_async = frozenset(
         cb for cb in CALLBACKS if inspect.iscoroutinefunction(getattr(cls, cb, None))
     )
@@ -241,11 +258,15 @@ def inspect_handler(cls: object, name: str = "") -> HandlerSpec:
             f"{label}: threaded handlers need plain callbacks, "
             f"but {', '.join(sorted(is_async))} are coroutines"
         )
-    info = pb.InfoResponse(
-        wants=cast("pb.EdgeType", int(cls.wants)),
-        provides=cast("pb.EdgeType", int(cls.provides)),
-        options=info_options(specs),
-    )
+    if cls.info_override is not None:
+        info = pb.InfoResponse()
+        info.CopyFrom(cls.info_override)
+    else:
+        info = pb.InfoResponse(
+            wants=cast("pb.EdgeType", int(cls.wants)),
+            provides=cast("pb.EdgeType", int(cls.provides)),
+            options=info_options(specs),
+        )
     return HandlerSpec(
         cls=cls, name=name or cls.__qualname__, info=info, options=specs, is_async=is_async
     )

@@ -70,7 +70,9 @@ def clear_stale_socket(path: Path) -> bool:
         ) from None
     except OSError as exc:
         if exc.errno == errno.EAGAIN:
-            raise StartupError(f"{path}: a process owns this socket (its backlog is full)") from None
+            raise StartupError(
+                f"{path}: a process owns this socket (its backlog is full)"
+            ) from None
         raise StartupError(f"{path}: cannot probe existing socket: {exc}") from None
     finally:
         probe.close()
