@@ -43,6 +43,7 @@ from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStre
 
 from . import wire
 from .errors import (
+    FrameError,
     InitFailed,
     OptionsError,
     OutputError,
@@ -211,7 +212,6 @@ class Connection:
 
     async def _read(self, send: MemoryObjectSendStream[list[bytes] | ProtocolError]) -> None:
         decoder = FrameDecoder(self._limits.max_message_size)
-        writer = self._writer
         stats = self._stats
         read_size = self._limits.read_size
         receive = self._stream.receive
@@ -228,26 +228,37 @@ class Connection:
                         self.ended_by = "reset"
                         return
                     stats.bytes_in += len(data)
-                    chunk = decoder.feed(data)
-                    # answer Info and keepalives here, never behind handler work
-                    for i in range(len(chunk) - 1, -1, -1):
-                        frame = chunk[i]
-                        if not frame:
-                            continue
-                        first = frame[0]
-                        if first == wire.TAG_KEEPALIVE:
-                            writer.put(wire.keepalive_frame(wire.keepalive_time(frame)))
-                            stats.keepalives += 1
-                            del chunk[i]
-                        elif first == wire.TAG_INFO:
-                            writer.put(self._info_frame)
-                            del chunk[i]
+                    try:
+                        chunk = decoder.feed(data)
+                    except FrameError as exc:
+                        # what arrived intact before the bad bytes is still handled
+                        if exc.frames:
+                            await send.send(self._answer_inline(exc.frames))
+                        raise
+                    chunk = self._answer_inline(chunk)
                     if chunk:
                         await send.send(chunk)
             except ProtocolError as exc:
                 stats.protocol_errors += 1
                 self._log.warning("protocol error from Kapacitor: %s", exc)
                 await send.send(exc)
+
+    def _answer_inline(self, chunk: list[bytes]) -> list[bytes]:
+        """Answer Info and keepalives at once (never behind handler work); return the rest."""
+        writer = self._writer
+        for i in range(len(chunk) - 1, -1, -1):
+            frame = chunk[i]
+            if not frame:
+                continue
+            first = frame[0]
+            if first == wire.TAG_KEEPALIVE:
+                writer.put(wire.keepalive_frame(wire.keepalive_time(frame)))
+                self._stats.keepalives += 1
+                del chunk[i]
+            elif first == wire.TAG_INFO:
+                writer.put(self._info_frame)
+                del chunk[i]
+        return chunk
 
     async def _run_handler(
         self, receive: MemoryObjectReceiveStream[list[bytes] | ProtocolError]

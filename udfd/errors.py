@@ -15,7 +15,15 @@ class ProtocolError(UdfdError):
 
 
 class FrameError(ProtocolError):
-    """The byte stream is not a valid sequence of length-prefixed messages."""
+    """The byte stream is not a valid sequence of length-prefixed messages.
+
+    ``frames`` holds the complete frames that preceded the bad bytes in the same
+    input, so a caller can still process them: bad input loses nothing before it.
+    """
+
+    def __init__(self, message: str, frames: list[bytes] | None = None) -> None:
+        super().__init__(message)
+        self.frames: list[bytes] = frames or []
 
 
 class OptionsError(UdfdError):

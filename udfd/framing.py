@@ -78,8 +78,9 @@ class FrameDecoder:
     def feed(self, data: bytes) -> list[bytes]:
         """Add received bytes; return the frames they complete, in order.
 
-        Raises :class:`FrameError` on an over-long varint or an oversized frame;
-        the decoder is unusable afterwards (the stream has lost its alignment).
+        Raises :class:`FrameError` on an over-long varint or an oversized frame,
+        carrying the complete frames that came before it; the decoder is unusable
+        afterwards (the stream has lost its alignment).
         """
         buf = self._buffer + data if self._buffer else bytes(data)
         frames: list[bytes] = []
@@ -94,12 +95,16 @@ class FrameDecoder:
                 size = first
                 start = pos + 1
             else:
-                size, start = _decode_long_prefix(buf, pos, end)
+                try:
+                    size, start = _decode_long_prefix(buf, pos, end)
+                except FrameError as exc:
+                    raise FrameError(str(exc), frames) from None
                 if start < 0:
                     break  # the prefix itself is incomplete
                 if size > limit:
                     raise FrameError(
-                        f"message of {size} bytes announced, over the limit of {limit} bytes"
+                        f"message of {size} bytes announced, over the limit of {limit} bytes",
+                        frames,
                     )
             stop = start + size
             if stop > end:
