@@ -314,6 +314,18 @@ async def test_stream_round_trip_keeps_identity_and_order() -> None:
     assert site.stats.points_in == site.stats.points_out == len(sent)
 
 
+async def test_points_of_every_size_around_the_varint_boundaries() -> None:
+    # body sizes from ~20 to ~20k bytes cross the 1/2/3-byte length prefixes
+    sent = [
+        udfd.make_point("m", i, {"s": "x" * size})
+        for i, size in enumerate([*range(90, 140), *range(16_300, 16_420, 7), 0, 1])
+    ]
+    async with serve_handler(Mirror) as site, connect(site.path) as client:
+        await started(client)
+        await client.send_points(sent)
+        assert await client.finish() == sent
+
+
 async def test_async_callbacks_are_awaited() -> None:
     sent = points(300)
     async with serve_handler(AsyncMirror) as site, connect(site.path) as client:

@@ -54,6 +54,19 @@ class FrameWriter:
         self._pending_bytes += len(data)
         self._wakeup.set()
 
+    def put_urgent(self, data: bytes) -> None:
+        """Queue bytes ahead of everything not yet sent (keepalive answers).
+
+        Kapacitor matches responses by type, so a keepalive answer may overtake
+        points; it must not wait behind a megabyte of output the peer has not
+        read yet, or the keepalive timeout fires on a healthy connection.
+        """
+        if self._closed or self._failed is not None or not data:
+            return
+        self._pending.insert(0, data)
+        self._pending_bytes += len(data)
+        self._wakeup.set()
+
     def put_many(self, frames: list[bytes]) -> None:
         if self._closed or self._failed is not None or not frames:
             return
