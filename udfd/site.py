@@ -119,7 +119,7 @@ class Site:
         self,
         name: str,
         path: Path,
-        spec: HandlerSpec,
+        spec: HandlerSpec | None,
         *,
         defaults: Mapping[str, Any] | None = None,
         error_policy: ErrorPolicy = ErrorPolicy.ERROR,
@@ -134,11 +134,27 @@ class Site:
         self.limits = limits or Limits()
         self.init_error = init_error
         self.stats = Stats()
+        # The socket is bound before the handler is imported (imports can be slow);
+        # connections accepted meanwhile wait here for the spec.
+        self._loaded = anyio.Event()
+        if spec is not None:
+            self._loaded.set()
         self._sock: socket.socket | None = None
         self._inode: int | None = None  # of the socket file we created, removed on exit
         self._accept_scope = anyio.CancelScope()
         self._idle = anyio.Event()
         self._idle.set()
+        self._waiting = 0
+
+    def set_handler(self, spec: HandlerSpec, init_error: str | None = None) -> None:
+        """Provide the handler after binding; waiting connections proceed with it."""
+        self.spec = spec
+        self.init_error = init_error
+        self._loaded.set()
+
+    @property
+    def loaded(self) -> bool:
+        return self._loaded.is_set()
 
     def bind(self, *, mode: int | None = None, group: str | None = None) -> None:
         self._sock = bind_unix(self.path, mode=mode, group=group)
@@ -148,6 +164,13 @@ class Site:
         """Serve an already listening socket (tests, socket activation)."""
         sock.setblocking(False)
         self._sock = sock
+
+    def close_unserved(self) -> None:
+        """Release a socket that was bound but will never be served (start-up failed)."""
+        if self._sock is not None:
+            self._sock.close()
+            self._sock = None
+        self._remove_socket_file()
 
     def stop_accepting(self) -> None:
         self._accept_scope.cancel()
@@ -179,6 +202,15 @@ class Site:
     async def _run_connection(self, stream: anyio.abc.SocketStream) -> None:
         if self._idle.is_set():
             self._idle = anyio.Event()
+        self._waiting += 1
+        try:
+            await self._loaded.wait()
+        except BaseException:
+            await stream.aclose()
+            raise
+        finally:
+            self._waiting -= 1
+        assert self.spec is not None
         connection = Connection(
             stream,
             self.spec,
@@ -196,7 +228,7 @@ class Site:
             # must still not take the other connections of this function down.
             log.exception("%s: connection failed unexpectedly", self.name)
         finally:
-            if self.stats.connections_active == 0:
+            if self.stats.connections_active == 0 and self._waiting == 0:
                 self._idle.set()
 
     def _remove_socket_file(self) -> None:

@@ -1,0 +1,241 @@
+"""``udfd``: the command line. Parses arguments, calls the library, maps errors to exit codes.
+
+This is the only module that exits the process. Exit codes are distinct so that
+systemd (``RestartPreventExitStatus=``) and scripts can tell a broken
+configuration from a transient failure:
+
+=====  ==========================================================
+0      success
+1      ``check``: at least one function did not answer Info
+2      usage error (bad arguments)
+3      configuration error (the message names the key)
+4      start-up failure (a socket owned by another process, ...)
+=====  ==========================================================
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+import anyio
+
+from . import __version__, logs
+from .config import Config, load_config, render_kapacitor_conf, resolve_functions
+from .errors import ConfigError, StartupError
+
+EXIT_OK = 0
+EXIT_CHECK_FAILED = 1
+EXIT_USAGE = 2
+EXIT_CONFIG = 3
+EXIT_STARTUP = 4
+
+DESCRIPTION = """\
+udfd serves Kapacitor user-defined functions (UDFs): one daemon, many handlers,
+each on its own unix socket. Handlers are Python plugins (entry point group
+`udfd.handlers`), module paths, or files written for Kapacitor's own Python agent.
+
+Without --config (or $UDFD_CONFIG) udfd uses its embedded default: every installed
+handler, each as a function of the same name, on <socket_dir>/<name>.sock.
+"""
+
+EPILOG = """\
+examples:
+  udfd serve                          serve every installed handler
+  udfd serve --config /etc/udfd/udfd.toml
+  udfd kapacitor-conf --config ...    the [udf.functions.*] sections for kapacitor.conf
+  udfd check                          exit 0 when every socket answers Info (HEALTHCHECK)
+  udfd list                           installed handlers, their options and edges
+"""
+
+
+def _add_config(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--config",
+        "-c",
+        type=Path,
+        metavar="FILE",
+        help="TOML config file (default: $UDFD_CONFIG, else the embedded default)",
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="udfd",
+        description=DESCRIPTION,
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--version", action="version", version=f"udfd {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    serve = sub.add_parser(
+        "serve",
+        help="run the daemon (the main job)",
+        description="Bind every function's socket, load the handlers, serve until SIGTERM.",
+    )
+    _add_config(serve)
+
+    listing = sub.add_parser(
+        "list",
+        help="installed handlers, where they come from, their options and edges",
+        description="Lists every handler entry point (importing each to read its options).",
+    )
+    _add_config(listing)
+    listing.add_argument("--json", action="store_true", help="machine-readable output")
+
+    check = sub.add_parser(
+        "check",
+        help="probe every configured socket with Info (exit 0/1; for HEALTHCHECK)",
+        description="Connects to each function's socket, as Kapacitor does at start-up.",
+    )
+    _add_config(check)
+    check.add_argument("--timeout", type=float, default=5.0, help="seconds per socket")
+    check.add_argument("--quiet", "-q", action="store_true", help="print only failures")
+
+    conf = sub.add_parser(
+        "kapacitor-conf",
+        help="print the [udf.functions.*] sections matching the config",
+        description="Prints kapacitor.conf sections derived from the udfd config.",
+    )
+    _add_config(conf)
+    return parser
+
+
+def _load(args: argparse.Namespace) -> Config:
+    return load_config(args.config)
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from .daemon import Daemon, run_until_signalled
+
+    config = _load(args)
+    logs.configure(config.log_level, config.log_format)
+    daemon = Daemon(config)
+    try:
+        import uvloop  # noqa: F401
+
+        options = {"use_uvloop": True}
+    except ImportError:
+        options = {}
+    anyio.run(run_until_signalled, daemon, backend_options=options)
+    return 130 if daemon.forced else EXIT_OK
+
+
+def cmd_list(args: argparse.Namespace) -> int:
+    from .options import VALUE_TYPE_NAMES
+    from .plugins import PluginError, discover, load_handler
+
+    config = _load(args)
+    rows = []
+    for handler in discover(autoload=not config.disable_plugin_autoload):
+        row: dict[str, object] = {
+            "name": handler.name,
+            "value": handler.value,
+            "distribution": handler.distribution,
+            "version": handler.version,
+            "allowed": config.allows(handler.distribution),
+        }
+        try:
+            spec, _ = load_handler(handler.value, function=handler.name)
+        except PluginError as exc:
+            row["error"] = str(exc)
+        else:
+            row["wants"] = spec.wants.name.lower()
+            row["provides"] = spec.provides.name.lower()
+            row["options"] = {
+                name: [VALUE_TYPE_NAMES[t] for t in o.valueTypes]
+                for name, o in sorted(spec.info.options.items())
+            }
+        rows.append(row)
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return EXIT_OK
+    if not rows:
+        print("no handlers installed (entry point group 'udfd.handlers')")
+    for row in rows:
+        allowed = "" if row["allowed"] else "  [not in allow_distributions]"
+        print(f"{row['name']}  ({row['distribution']} {row['version']}: {row['value']}){allowed}")
+        if "error" in row:
+            print(f"    cannot load: {row['error']}")
+            continue
+        print(f"    {row['wants']} in, {row['provides']} out")
+        options = row["options"]
+        assert isinstance(options, dict)
+        for name, types in options.items():
+            print(f"    .{name}({', '.join(types)})")
+    return EXIT_OK
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    from .client import probe_info
+    from .plugins import discover
+
+    config = _load(args)
+    functions = resolve_functions(config, discover(autoload=not config.disable_plugin_autoload))
+
+    async def probe_all() -> list[tuple[str, str, str]]:
+        results: list[tuple[str, str, str]] = []
+        for fn in functions:
+            try:
+                with anyio.fail_after(args.timeout):
+                    info = await probe_info(fn.socket, reply_timeout=args.timeout)
+            except (OSError, TimeoutError, Exception) as exc:
+                results.append((fn.name, "FAIL", f"{fn.socket}: {type(exc).__name__}: {exc}"))
+            else:
+                edges = f"{_edge(info.wants)}->{_edge(info.provides)}"
+                results.append((fn.name, "ok", f"{fn.socket} ({edges})"))
+        return results
+
+    results = anyio.run(probe_all)
+    failed = [r for r in results if r[1] != "ok"]
+    for name, status, detail in results:
+        if status != "ok" or not args.quiet:
+            print(f"{status:<4} {name}: {detail}")
+    if not results:
+        print("no functions configured")
+    return EXIT_CHECK_FAILED if failed else EXIT_OK
+
+
+def _edge(value: int) -> str:
+    return "batch" if value == 1 else "stream"
+
+
+def cmd_kapacitor_conf(args: argparse.Namespace) -> int:
+    from .plugins import discover
+
+    config = _load(args)
+    print(
+        render_kapacitor_conf(config, discover(autoload=not config.disable_plugin_autoload)), end=""
+    )
+    return EXIT_OK
+
+
+COMMANDS = {
+    "serve": cmd_serve,
+    "list": cmd_list,
+    "check": cmd_check,
+    "kapacitor-conf": cmd_kapacitor_conf,
+}
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
+    try:
+        code = COMMANDS[args.command](args)
+    except ConfigError as exc:
+        print(f"udfd: configuration error:\n{exc}", file=sys.stderr)
+        code = EXIT_CONFIG
+    except StartupError as exc:
+        print(f"udfd: cannot start: {exc}", file=sys.stderr)
+        code = EXIT_STARTUP
+    except KeyboardInterrupt:
+        code = 130
+    sys.exit(code)
+
+
+if __name__ == "__main__":
+    main()
