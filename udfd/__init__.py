@@ -11,6 +11,7 @@ from .errors import (
     OptionsError,
     PointError,
     ProtocolError,
+    TaskError,
     UdfdError,
 )
 from .handler import BatchHandler, Context, Edge, Handler, Output, batch_output
@@ -52,6 +53,7 @@ __all__ = [
     "PointError",
     "ProtocolError",
     "SnapshotError",
+    "TaskError",
     "UdfdError",
     "__version__",
     "batch_output",

@@ -50,6 +50,7 @@ from .errors import (
     PointError,
     ProtocolError,
     RestoreFailed,
+    TaskError,
 )
 from .framing import DEFAULT_MAX_MESSAGE_SIZE, FrameDecoder, encode_varint
 from .handler import Context, Edge, Handler, HandlerSpec
@@ -320,9 +321,7 @@ class Connection:
         if handler is None:
             return
         try:
-            result = handler.close()
-            if hasattr(result, "__await__"):
-                await result  # type: ignore[misc]
+            await self._call(handler.close)
         except Exception:
             self._log.exception("handler close failed")
 
@@ -504,6 +503,10 @@ class Connection:
             self._stats.dropped += 1
             self._drop_log(logging.INFO, "dropped %s (%s): %s", what, context, exc)
             return
+        if isinstance(exc, TaskError):
+            self._stats.handler_errors += 1
+            self._log.error("handler stopped the task on %s (%s): %s", what, context, exc)
+            raise _Fatal(str(exc))
         self._stats.handler_errors += 1
         text = f"{type(exc).__name__}: {exc}"
         if self._policy is ErrorPolicy.DROP:

@@ -66,6 +66,14 @@ class RestoreFailed(UdfdError):
     """Raised by a handler's ``restore`` to refuse Restore with exactly this message."""
 
 
+class TaskError(UdfdError):
+    """Raise from a data callback to stop the Kapacitor task with exactly this message.
+
+    Unlike other exceptions it is neither prefixed with the exception type nor
+    subject to the ``drop`` error policy: the handler has decided the task must stop.
+    """
+
+
 class ConfigError(UdfdError):
     """The configuration is invalid; the message names the key."""
 

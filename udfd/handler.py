@@ -224,11 +224,12 @@ class HandlerSpec:
 
     @property
     def wants(self) -> Edge:
-        return self.cls.wants
+        """What Kapacitor was told (the served Info), which the engine then enforces."""
+        return Edge(self.info.wants)
 
     @property
     def provides(self) -> Edge:
-        return self.cls.provides
+        return Edge(self.info.provides)
 
 
 def inspect_handler(cls: object, name: str = "") -> HandlerSpec:

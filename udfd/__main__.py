@@ -1,0 +1,5 @@
+"""``python -m udfd``: the same as the ``udfd`` command."""
+
+from .cli import main
+
+main()

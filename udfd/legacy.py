@@ -1,0 +1,607 @@
+"""Serve handlers written for the official Kapacitor Python agent, unchanged.
+
+A legacy handler (``kapacitor.udf.agent.Handler``) answers management requests
+by returning ``udf_pb2.Response`` messages and emits data by calling
+``self._agent.write_response(response)`` from inside its callbacks, or from any
+thread it likes. :func:`legacy_handler` wraps such a class in a
+:class:`udfd.Handler` subclass so udfd's engine serves it like any other:
+
+* Info comes from the legacy ``info()``, called once at load time on a
+  throwaway instance, so Kapacitor's start-up probe never runs handler code.
+* One legacy instance per Kapacitor connection, created at Init with an
+  adapter agent. The agent buffers what ``write_response`` receives (under a
+  lock: legacy handlers may write from their own threads); after each callback
+  the adapter returns the buffered points and batch edges as the callback's
+  output, so they reach the connection's single writer in order and are sent
+  at once. (The official agent only flushes when asked, or at the next
+  keepalive; udfd flushes regardless of the ``flush`` flag.) Writes from other
+  threads between callbacks ask the connection for a ``flush()``.
+* Callbacks run in a worker thread (``threaded = True``): legacy code is
+  synchronous, and keepalives must keep flowing while it works.
+* An ``ErrorResponse`` written by the handler ends that connection with its
+  message, after the output written before it; an exception does the same, as
+  under the official agent, but only that connection is affected.
+
+Common mistakes that the official agent let through, or that Python 3 turned
+into errors nobody noticed at migration time, are tolerated with a warning in
+the log (each kind once per handler class): a snapshot set or returned as
+``str``; ``info()`` returning nothing; ``init``/``restore``/``snapshot`` returning
+``None``; a bare ``InitResponse``/... returned instead of a ``Response``;
+management responses written through ``write_response`` (dropped, never
+forwarded: Kapacitor must never see a response it did not ask for).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import itertools
+import logging
+import re
+import sys
+import threading
+from pathlib import Path
+from typing import Any, ClassVar, cast
+
+from google.protobuf.message import Message
+
+from .compat import UDF_PB2, install_kapacitor_shim
+from .compat import kapacitor_agent as stand_in_agent
+from .compat import kapacitor_udf_pb2 as stand_in_pb2
+from .errors import HandlerDefinitionError, InitFailed, RestoreFailed, TaskError
+from .handler import Context, Edge, Handler, Output
+from .proto import udf_pb2 as pb
+
+log = logging.getLogger("udfd.legacy")
+
+_DataMessage = pb.Point | pb.BeginBatch | pb.EndBatch
+_DATA_KINDS = frozenset({"point", "begin", "end"})
+#: management kind -> the message a legacy callback should have put in its Response
+_RESULT_TYPES: dict[str, type[Message]] = {
+    "info": pb.InfoResponse,
+    "init": pb.InitResponse,
+    "snapshot": pb.SnapshotResponse,
+    "restore": pb.RestoreResponse,
+}
+#: messages udfd hands to legacy callbacks (converted when the official package is used)
+_INPUT_TYPES = ("Point", "BeginBatch", "EndBatch", "InitRequest", "RestoreRequest")
+#: modules whose Handler base class defines the legacy callbacks (not overrides)
+_BASE_MODULES = frozenset({"kapacitor.udf.agent", stand_in_agent.__name__})
+
+_module_numbers = itertools.count(1)
+_path_lock = threading.Lock()
+
+
+class LegacyHandlerError(TaskError):
+    """The legacy handler wrote an ``ErrorResponse``; its connection ends with that message."""
+
+
+class _ErrorMark:
+    """An ``ErrorResponse`` the handler wrote, kept in sequence with its data output."""
+
+    __slots__ = ("error",)
+
+    def __init__(self, error: str) -> None:
+        self.error = error
+
+
+class _Reported(Exception):
+    """A management callback returned a Response carrying an ``ErrorResponse``."""
+
+
+# ------------------------------------------------------------------ message conversion
+
+
+def _is_message(obj: object, name: str) -> bool:
+    """True for a protobuf message of that name from any generated module (ours or official)."""
+    return isinstance(obj, Message) and obj.DESCRIPTOR.name == name
+
+
+def _as_ours(obj: Message, cls: type[Message]) -> Message:
+    """The same message as udfd's class: official-package messages cross by bytes."""
+    if type(obj) is cls:
+        return obj
+    return cls.FromString(obj.SerializeToString())
+
+
+def _as_response(obj: object) -> tuple[pb.Response, bool, list[str]] | None:
+    """``(response, converted, notes)`` for any kind of Response, else None.
+
+    ``converted`` tells that ``response`` is a fresh copy (so nothing the legacy
+    code does later can change it); ``notes`` are the stand-in's coercions.
+    """
+    notes = stand_in_pb2.notes(obj)
+    inner = stand_in_pb2.unwrap(obj)
+    if type(inner) is pb.Response:
+        return inner, False, notes
+    if _is_message(inner, "Response"):
+        return cast("pb.Response", _as_ours(inner, pb.Response)), True, notes
+    return None
+
+
+def _management_result(result: object, kind: str, where: str) -> tuple[Any, list[str]]:
+    """The ``kind`` message (udfd's class) inside what a management callback returned.
+
+    Returns ``(None, notes)`` for ``None`` or an empty Response; raises
+    ``_Reported`` for a Response carrying an error and ``TypeError`` for
+    anything that is not a Response of the expected kind.
+    """
+    if result is None:
+        return None, []
+    found = _as_response(result)
+    if found is not None:
+        response, _, notes = found
+        which = response.WhichOneof("message")
+        if which == kind:
+            return getattr(response, kind), notes
+        if which == "error":
+            raise _Reported(response.error.error or f"{where} reported an error")
+        if which is None:
+            return None, [*notes, f"{where} returned an empty Response"]
+        raise TypeError(f"{where} returned a Response carrying {which!r}, expected {kind!r}")
+    expected = _RESULT_TYPES[kind]
+    inner = stand_in_pb2.unwrap(result)
+    if _is_message(inner, expected.DESCRIPTOR.name):
+        note = f"{where} returned a bare {expected.DESCRIPTOR.name} instead of a Response"
+        return _as_ours(inner, expected), [*stand_in_pb2.notes(result), note]
+    raise TypeError(
+        f"{where} returned {type(result).__name__}; expected a udf_pb2.Response with {kind!r} set"
+    )
+
+
+# ------------------------------------------------------------------ agents
+
+
+class _LoadTimeAgent(stand_in_agent.Agent):
+    """The throwaway agent of the instance that answers ``info()`` at load time."""
+
+    def __init__(self, label: str) -> None:  # no super(): the stand-in refuses to start
+        self.handler: Any = None
+        self._label = label
+
+    def write_response(self, response: Any, flush: bool = False) -> None:
+        log.warning("%s: output written outside a connection (at load time) dropped", self._label)
+
+    def start(self) -> None:
+        """udfd runs the handler; nothing to start."""
+
+    def wait(self) -> None:
+        """udfd runs the handler; nothing to wait for."""
+
+
+class UdfdAgent(stand_in_agent.Agent):
+    """The agent udfd gives each legacy handler: ``write_response`` feeds its connection."""
+
+    def __init__(self, adapter: LegacyAdapter) -> None:  # no super(): see _LoadTimeAgent
+        self.handler: Any = None
+        self._adapter = adapter
+
+    def write_response(self, response: Any, flush: bool = False) -> None:
+        """Queue ``response`` for the connection; thread-safe; always sent promptly."""
+        self._adapter._write(response)
+
+    def start(self) -> None:
+        """udfd runs the handler; nothing to start."""
+
+    def wait(self) -> None:
+        """udfd runs the handler; nothing to wait for."""
+
+
+# ------------------------------------------------------------------ the adapter
+
+
+class LegacyAdapter(Handler[Any]):
+    """Base of the classes :func:`legacy_handler` builds; one instance per connection."""
+
+    threaded: ClassVar[bool] = True
+    raw_options: ClassVar[bool] = True
+    legacy_class: ClassVar[type[Any]]
+    #: official-package classes to hand the legacy code (empty: it uses udfd's own)
+    legacy_types: ClassVar[dict[str, type[Message]]] = {}
+    has_snapshot: ClassVar[bool] = True
+    has_restore: ClassVar[bool] = True
+    #: tolerated mistakes already logged for this class (each is logged once)
+    _warned: ClassVar[set[str]]
+
+    def __init__(self, options: Any, context: Context | None = None) -> None:
+        super().__init__(options, context)
+        self.agent = UdfdAgent(self)
+        self.legacy: Any = None
+        self._lock = threading.Lock()
+        #: what write_response delivered, in order: data messages and reported errors
+        self._buffer: list[_DataMessage | _ErrorMark] = []
+        self._in_callback = False
+        self._closed = False
+
+    # ---- what write_response feeds
+
+    def _write(self, response: Any) -> None:
+        found = _as_response(response)
+        if found is None:
+            raise TypeError(
+                f"write_response() expects a udf_pb2.Response, not {type(response).__name__} "
+                "(wrap a point as response.point.CopyFrom(point))"
+            )
+        message, fresh, _ = found
+        which = message.WhichOneof("message")
+        item: Any
+        if which in _DATA_KINDS:
+            item = getattr(message, which)
+            if not fresh:  # the legacy code may reuse and change its Response afterwards
+                copy = type(item)()
+                copy.CopyFrom(item)
+                item = copy
+        elif which == "error":
+            item = _ErrorMark(message.error.error or "the handler wrote an empty ErrorResponse")
+        else:
+            self._warn_once(
+                f"unsolicited-{which}",
+                "write_response() got a %s response, which Kapacitor did not ask for; "
+                "dropped (return management responses from the callback instead)",
+                which or "empty",
+            )
+            return
+        with self._lock:
+            if self._closed:
+                self._warn_once("after-close", "output written after the connection ended dropped")
+                return
+            self._buffer.append(item)
+            wake = not self._in_callback
+        if wake:
+            self.context.request_flush()
+
+    def _drain(self) -> Output:
+        """Return the buffered output up to the first reported error; raise that error
+        when nothing precedes it.
+
+        So a handler that writes points and then an ``ErrorResponse`` gets its
+        points out first, and the error is raised by the next call into the
+        adapter (a flush is requested for it). Anything written after the error
+        stays buffered behind it: under the default error policy the connection
+        ends there; under ``drop`` the error is logged and counted like an
+        exception and the rest follows, still in order.
+        """
+        with self._lock:
+            buffer = self._buffer
+            if not buffer:
+                return None
+            first = buffer[0]
+            if isinstance(first, _ErrorMark):
+                del buffer[0]
+                more = bool(buffer)
+            else:
+                cut = next(
+                    (i for i, m in enumerate(buffer) if isinstance(m, _ErrorMark)), len(buffer)
+                )
+                out = cast("list[_DataMessage]", buffer[:cut])
+                del buffer[:cut]
+                more = bool(buffer)
+        if more:
+            self.context.request_flush()
+        if isinstance(first, _ErrorMark):
+            raise LegacyHandlerError(first.error)
+        return out
+
+    def _take_error(self) -> str | None:
+        """Remove the first error reported so far (management callbacks fail with it)."""
+        with self._lock:
+            for i, item in enumerate(self._buffer):
+                if isinstance(item, _ErrorMark):
+                    del self._buffer[i]
+                    return item.error
+        return None
+
+    def _wake_if_buffered(self) -> None:
+        """Output written during a management callback goes out with the next flush."""
+        with self._lock:
+            pending = bool(self._buffer)
+        if pending:
+            self.context.request_flush()
+
+    def _call_legacy(self, name: str, *args: Any) -> Any:
+        with self._lock:
+            self._in_callback = True
+        try:
+            return getattr(self.legacy, name)(*args)
+        finally:
+            with self._lock:
+                self._in_callback = False
+
+    def _to_legacy(self, message: Message) -> Any:
+        """The message as the legacy code's own udf_pb2 class (identity under the shim)."""
+        target = self.legacy_types.get(type(message).__name__)
+        return message if target is None else target.FromString(message.SerializeToString())
+
+    def _warn_once(self, key: str, msg: str, *args: object) -> None:
+        if key in self._warned:
+            return
+        self._warned.add(key)
+        self.log.warning("legacy handler %s: " + msg, self.legacy_class.__qualname__, *args)
+
+    def _warn_notes(self, notes: list[str]) -> None:
+        for note in notes:
+            self._warn_once(note, "%s", note)
+
+    def _ignored(self, result: object, callback: str) -> None:
+        if result is not None:
+            self._warn_once(
+                f"returned-{callback}",
+                "%s() returned %s, which is ignored (as by the official agent); "
+                "send output with self._agent.write_response()",
+                callback,
+                type(result).__name__,
+            )
+
+    # ---- udfd callbacks
+
+    def init(self) -> None:
+        legacy = self.legacy_class(self.agent)
+        self.agent.handler = legacy
+        self.legacy = legacy
+        where = f"{self.legacy_class.__qualname__}.init()"
+        try:
+            result = self._call_legacy("init", self._to_legacy(self.options))
+            response, notes = _management_result(result, "init", where)
+        except _Reported as exc:
+            raise InitFailed(str(exc)) from None
+        error = self._take_error()
+        if error is not None:
+            raise InitFailed(error)
+        self._warn_notes(notes)
+        if response is None:
+            self._warn_once("init-none", "init() returned no InitResponse; treated as success")
+        elif not response.success:
+            raise InitFailed(response.error or f"{where} refused the options (no error given)")
+        self._wake_if_buffered()
+
+    def point(self, point: pb.Point) -> Output:
+        self._ignored(self._call_legacy("point", self._to_legacy(point)), "point")
+        return self._drain()
+
+    def begin_batch(self, begin: pb.BeginBatch) -> Output:
+        self._ignored(self._call_legacy("begin_batch", self._to_legacy(begin)), "begin_batch")
+        return self._drain()
+
+    def end_batch(self, end: pb.EndBatch) -> Output:
+        self._ignored(self._call_legacy("end_batch", self._to_legacy(end)), "end_batch")
+        return self._drain()
+
+    def flush(self) -> Output:
+        return self._drain()
+
+    def close(self) -> Output:
+        with self._lock:
+            self._closed = True
+            buffer, self._buffer = self._buffer, []
+        errors = [m.error for m in buffer if isinstance(m, _ErrorMark)]
+        if errors:  # nothing follows: the error matters more than the output
+            raise LegacyHandlerError(errors[0])
+        return cast("list[_DataMessage]", buffer) or None
+
+    def snapshot(self) -> bytes:
+        if not self.has_snapshot:
+            return b""  # no snapshot(): nothing to keep (the official agent would fail)
+        where = f"{self.legacy_class.__qualname__}.snapshot()"
+        result = self._call_legacy("snapshot")
+        error = self._take_error()
+        if error is not None:
+            raise LegacyHandlerError(error)
+        if isinstance(result, str):
+            self._warn_once("snapshot-str", "snapshot() returned a str; encoded as UTF-8")
+            data = result.encode("utf-8")
+        elif isinstance(result, (bytes, bytearray)):
+            self._warn_once("snapshot-bytes", "snapshot() returned bytes, not a Response; used")
+            data = bytes(result)
+        else:
+            try:
+                response, notes = _management_result(result, "snapshot", where)
+            except _Reported as exc:
+                raise LegacyHandlerError(str(exc)) from None
+            self._warn_notes(notes)
+            if response is None:
+                self._warn_once(
+                    "snapshot-none", "snapshot() returned no snapshot; sent an empty one"
+                )
+                data = b""
+            else:
+                data = bytes(response.snapshot)
+        self._wake_if_buffered()
+        return data
+
+    def restore(self, data: bytes) -> None:
+        if not self.has_restore:
+            self._warn_once("no-restore", "has no restore(); the snapshot is ignored")
+            return
+        where = f"{self.legacy_class.__qualname__}.restore()"
+        request = self._to_legacy(pb.RestoreRequest(snapshot=data))
+        try:
+            result = self._call_legacy("restore", request)
+            response, notes = _management_result(result, "restore", where)
+        except _Reported as exc:
+            raise RestoreFailed(str(exc)) from None
+        error = self._take_error()
+        if error is not None:
+            raise RestoreFailed(error)
+        self._warn_notes(notes)
+        if response is None:
+            self._warn_once("restore-none", "restore() returned no RestoreResponse; success")
+        elif not response.success:
+            raise RestoreFailed(response.error or f"{where} failed (no error given)")
+        self._wake_if_buffered()
+
+
+# ------------------------------------------------------------------ building adapters
+
+
+def _overrides(cls: type[Any], name: str) -> bool:
+    """True when ``cls`` defines ``name`` itself rather than inheriting the agent's base."""
+    for klass in cls.__mro__:
+        if name in vars(klass):
+            return klass.__module__ not in _BASE_MODULES
+    return False
+
+
+def is_legacy_handler_class(obj: object) -> bool:
+    """True for a class written for the official agent (for the plugin loader to route)."""
+    if not isinstance(obj, type) or issubclass(obj, Handler):
+        return False
+    return any(
+        klass.__name__ == "Handler" and klass.__module__ in _BASE_MODULES for klass in obj.__mro__
+    )
+
+
+def legacy_info(legacy_cls: type[Any], name: str = "") -> pb.InfoResponse:
+    """Ask a legacy handler class for its Info, as udfd's own class.
+
+    Creates a throwaway instance with an agent that drops output and calls
+    ``info()``. Runs handler code: call it off the event loop. Raises
+    :class:`HandlerDefinitionError` naming what failed.
+    """
+    label = name or legacy_cls.__qualname__
+    where = f"{label}: info()"
+    try:
+        instance = legacy_cls(_LoadTimeAgent(label))
+    except Exception as exc:
+        raise HandlerDefinitionError(
+            f"{label}: creating the handler with an agent failed: {type(exc).__name__}: {exc}"
+        ) from exc
+    try:
+        result = instance.info()
+        info, notes = _management_result(result, "info", where)
+    except _Reported as exc:
+        raise HandlerDefinitionError(f"{where} returned an error: {exc}") from None
+    except Exception as exc:
+        raise HandlerDefinitionError(f"{where} failed: {type(exc).__name__}: {exc}") from exc
+    for note in notes:
+        log.warning("legacy handler %s: %s", label, note)
+    if info is None:
+        log.warning(
+            "legacy handler %s: info() returned no InfoResponse; serving it as "
+            "stream in, stream out, without options",
+            label,
+        )
+        info = pb.InfoResponse()
+    for attr in ("wants", "provides"):
+        value = getattr(info, attr)
+        if value not in (pb.STREAM, pb.BATCH):
+            raise HandlerDefinitionError(f"{where} declares {attr}={value}: not STREAM or BATCH")
+    own = pb.InfoResponse()
+    own.CopyFrom(info)
+    return own
+
+
+def _legacy_types(legacy_cls: type[Any]) -> dict[str, type[Message]]:
+    """The official package's classes when the legacy code uses them, else ``{}``."""
+    module = sys.modules.get(legacy_cls.__module__)
+    candidate = getattr(module, "udf_pb2", None)
+    if not isinstance(getattr(candidate, "Point", None), type):
+        candidate = sys.modules.get(UDF_PB2)
+    if candidate is None or candidate is stand_in_pb2 or candidate is pb:
+        return {}
+    types: dict[str, type[Message]] = {}
+    for type_name in _INPUT_TYPES:
+        cls = getattr(candidate, type_name, None)
+        ours = getattr(pb, type_name)
+        if isinstance(cls, type) and issubclass(cls, Message) and cls is not ours:
+            types[type_name] = cls
+    return types
+
+
+def legacy_handler(legacy_cls: type[Any], name: str = "") -> type[LegacyAdapter]:
+    """Wrap a legacy handler class as a :class:`udfd.Handler` subclass.
+
+    Calls :func:`legacy_info` (handler code: keep it off the event loop).
+    """
+    label = name or getattr(legacy_cls, "__qualname__", repr(legacy_cls))
+    if not isinstance(legacy_cls, type):
+        raise HandlerDefinitionError(f"{label}: not a class")
+    if issubclass(legacy_cls, Handler):
+        raise HandlerDefinitionError(f"{label}: already a udfd.Handler; serve it directly")
+    info = legacy_info(legacy_cls, label)
+    attrs: dict[str, Any] = {
+        "__module__": legacy_cls.__module__,
+        "__qualname__": legacy_cls.__qualname__,
+        "__doc__": f"udfd adapter of the legacy handler {legacy_cls.__qualname__}.",
+        "wants": Edge(info.wants),
+        "provides": Edge(info.provides),
+        "info_override": info,
+        "legacy_class": legacy_cls,
+        "legacy_types": _legacy_types(legacy_cls),
+        "has_snapshot": _overrides(legacy_cls, "snapshot"),
+        "has_restore": _overrides(legacy_cls, "restore"),
+        "_warned": set(),
+    }
+    return cast("type[LegacyAdapter]", type(legacy_cls.__name__, (LegacyAdapter,), attrs))
+
+
+# ------------------------------------------------------------------ loading files
+
+
+def _add_search_path(directory: Path) -> None:
+    """Let the file import modules next to it, as it could when run as a script.
+
+    Appended, not prepended: a stray ``json.py`` next to a UDF must not shadow
+    the standard library for the whole daemon.
+    """
+    entry = str(directory)
+    with _path_lock:
+        if entry not in sys.path:
+            sys.path.append(entry)
+
+
+def load_legacy_file(path: Path, class_name: str) -> type[Any]:
+    """Import a legacy UDF file by path and return its handler class.
+
+    Installs the ``kapacitor.udf`` stand-ins first (unless the official package
+    is importable). The module gets a unique name that is not ``__main__``, so
+    the file's ``if __name__ == "__main__":`` block (which would start the
+    official agent) does not run. Runs the file's top-level code: call it off
+    the event loop. Raises :class:`HandlerDefinitionError`.
+    """
+    path = Path(path).absolute()
+    if not path.is_file():
+        raise HandlerDefinitionError(f"{path}: no such file")
+    install_kapacitor_shim()
+    stem = re.sub(r"\W", "_", path.stem)
+    module_name = f"udfd_legacy_{stem}_{next(_module_numbers)}"
+    spec = importlib.util.spec_from_file_location(module_name, path)
+    if spec is None or spec.loader is None:
+        raise HandlerDefinitionError(f"{path}: cannot be imported as a Python module")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[module_name] = module
+    _add_search_path(path.parent)
+    try:
+        spec.loader.exec_module(module)
+    except (Exception, SystemExit) as exc:
+        del sys.modules[module_name]
+        raise HandlerDefinitionError(
+            f"{path}: importing it failed: {type(exc).__name__}: {exc}"
+        ) from exc
+    cls: object = module
+    for part in class_name.split("."):  # a nested class may be named "Outer.Inner"
+        cls = getattr(cls, part, None)
+    if not isinstance(cls, type):
+        found = sorted(
+            k
+            for k, v in vars(module).items()
+            if is_legacy_handler_class(v) and v.__module__ == module_name
+        )
+        hint = f"; handler classes in it: {', '.join(found)}" if found else ""
+        raise HandlerDefinitionError(f"{path}: defines no class {class_name!r}{hint}")
+    return cls
+
+
+def load_legacy(path: Path, class_name: str, name: str = "") -> type[LegacyAdapter]:
+    """:func:`load_legacy_file` then :func:`legacy_handler`: a servable udfd handler class."""
+    return legacy_handler(load_legacy_file(path, class_name), name or class_name)
+
+
+__all__ = [
+    "LegacyAdapter",
+    "LegacyHandlerError",
+    "UdfdAgent",
+    "is_legacy_handler_class",
+    "legacy_handler",
+    "legacy_info",
+    "load_legacy",
+    "load_legacy_file",
+]
