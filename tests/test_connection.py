@@ -248,7 +248,7 @@ async def test_configured_defaults_apply_under_init_options() -> None:
 @pytest.mark.parametrize(
     ("options", "expected"),
     [
-        ({"size": 3}, "option 'field' is required .field(string) required"),
+        ({"size": 3}, "option 'field' is required: .field(string)"),
         (
             {"field": "f", "size": "3"},
             "option 'size' expects .size(int) required but got .size(string)",

@@ -19,6 +19,7 @@ from .options import Flag, NoOptions, Options
 from .points import (
     BeginBatch,
     EndBatch,
+    FieldValue,
     Point,
     derive,
     fields,
@@ -41,6 +42,7 @@ __all__ = [
     "Edge",
     "EndBatch",
     "FieldTypeError",
+    "FieldValue",
     "Flag",
     "GroupState",
     "Handler",

@@ -135,8 +135,10 @@ class Handler(Generic[OptionsT]):
         own = self._group_states()
         unknown = set(states) - set(own)
         if unknown:
-            raise SnapshotError(
-                f"snapshot holds state this handler does not have: {sorted(unknown)}"
+            # a renamed or removed GroupState must not stop the task on restart
+            self.log.warning(
+                "restore: ignoring snapshot state this handler no longer keeps: %s",
+                ", ".join(sorted(unknown)),
             )
         for name, state in own.items():
             state.load_json(states.get(name, {}))
@@ -203,7 +205,7 @@ def batch_output(begin: pb.BeginBatch, points: list[pb.Point], end: pb.EndBatch)
         group=end.group or begin.group,
         tmax=end.tmax,
         tags=end.tags or begin.tags,
-        byName=end.byName,
+        byName=begin.byName,  # Kapacitor's EndBatch never carries byName
     )
     return [out_begin, *points, out_end]
 

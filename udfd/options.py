@@ -194,7 +194,9 @@ def info_options(specs: Mapping[str, OptionSpec]) -> dict[str, pb.OptionInfo]:
 def _python_value(value: pb.OptionValue) -> Any:
     which = value.WhichOneof("value")
     if which == "durationValue":
-        return timedelta(microseconds=value.durationValue / 1000)
+        # integer arithmetic: timedelta resolves microseconds, so round to the
+        # nearest one without a detour through float
+        return timedelta(microseconds=(value.durationValue + 500) // 1000)
     if which is None:
         # proto3 drops default scalars only inside the oneof if unset; treat as the
         # zero value of the declared type
@@ -273,13 +275,23 @@ def _format_validation_error(exc: pydantic.ValidationError, specs: Mapping[str, 
         rest = "".join(f"[{p}]" for p in loc[1:])
         if err.get("type") == "missing":
             spec = specs.get(head)
-            hint = f" {spec.describe()}" if spec else ""
+            hint = f": {spec.describe().removesuffix(' required')}" if spec else ""
             parts.append(f"option {head!r} is required{hint}")
             continue
-        given = err.get("input")
-        where = f"option {head!r}{rest}" if head else "options"
-        parts.append(f"{where}: {err['msg']} (got {given!r})")
+        message = str(err["msg"]).removeprefix("Value error, ")
+        if not head:
+            # a cross-field check: its message names the options itself
+            parts.append(message)
+            continue
+        parts.append(f"option {head!r}{rest}: {message} (got {_show(err.get('input'))})")
     return "; ".join(parts)
+
+
+def _show(value: Any) -> str:
+    """A value as a TICKscript user would write it."""
+    if isinstance(value, timedelta):
+        return f"{value.total_seconds():g}s"
+    return repr(value)
 
 
 def build_options(
