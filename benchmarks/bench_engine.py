@@ -30,6 +30,7 @@ from udfd.framing import FrameDecoder
 from udfd.proto import udf_pb2 as pb
 
 HERE = Path(__file__).resolve().parent
+WIDTHS = (6, 12, 11, 11, 9)
 
 
 @dataclass
@@ -197,8 +198,9 @@ def main() -> None:
         f"best of {args.runs} runs; {os.cpu_count()} cores; "
         f"event loop: {'uvloop' if args.uvloop else 'asyncio'}"
     )
+    header = ("server", "conns", "points/s", "ka p50 ms", "ka p99 ms", "rss MiB")
     print(
-        f"{'server':<16}{'conns':>6}{'points/s':>12}{'ka p50 ms':>11}{'ka p99 ms':>11}{'rss MiB':>9}"
+        f"{header[0]:<16}" + "".join(f"{h:>{w}}" for h, w in zip(header[1:], WIDTHS, strict=True))
     )
     cases = [
         ("raw", ("raw",), 1),

@@ -115,6 +115,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     config = _load(args)
     logs.configure(config.log_level, config.log_format)
     daemon = Daemon(config)
+    daemon.prepare()  # binds every socket; StartupError here exits with EXIT_STARTUP
     try:
         import uvloop  # noqa: F401
 

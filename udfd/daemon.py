@@ -20,6 +20,7 @@ from __future__ import annotations
 import functools
 import logging
 import signal
+import socket
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -34,7 +35,7 @@ from .connection import Limits
 from .errors import StartupError
 from .fallback import InfoStore
 from .plugins import Failed, InstalledHandler, discover, load_function
-from .site import Site
+from .site import Site, bind_unix
 
 log = logging.getLogger("udfd.daemon")
 
@@ -79,10 +80,17 @@ class Daemon:
         self.ready = anyio.Event()
         self._stop = anyio.Event()
         self.forced = False
+        self._installed: tuple[InstalledHandler, ...] = ()
+        self._resolved: tuple[Function, ...] = ()
+        self._bound: list[tuple[Function, socket.socket]] | None = None
 
     def request_stop(self) -> None:
         """Begin a graceful shutdown (idempotent)."""
         self._stop.set()
+
+    @property
+    def stopping(self) -> bool:
+        return self._stop.is_set()
 
     def status(self) -> dict[str, Any]:
         return {
@@ -93,29 +101,50 @@ class Daemon:
 
     # ------------------------------------------------------------ lifecycle
 
-    async def run(self, *, task_status: TaskStatus[Daemon] = anyio.TASK_STATUS_IGNORED) -> None:
-        """Bind, load, serve until a stop is requested, drain, clean up."""
+    def prepare(self) -> None:
+        """Resolve the functions and bind every socket: fast, synchronous, no imports.
+
+        Runs before the event loop starts, so a start-up failure (a socket owned by
+        someone else, a bad path) surfaces as a plain :class:`StartupError`, and
+        binds all or none: a failure releases what was bound already.
+        """
         config = self.config
-        installed = discover(autoload=not config.disable_plugin_autoload)
-        functions = resolve_functions(config, installed)
-        if not functions:
+        self._installed = discover(autoload=not config.disable_plugin_autoload)
+        self._resolved = resolve_functions(config, self._installed)
+        if not self._resolved:
             log.warning("no functions to serve: no handlers are installed or configured")
+        bound: list[tuple[Function, socket.socket]] = []
+        try:
+            for fn in self._resolved:
+                sock = bind_unix(fn.socket, mode=fn.socket_mode, group=fn.socket_group)
+                bound.append((fn, sock))
+        except StartupError:
+            for fn, sock in bound:
+                sock.close()
+                fn.socket.unlink(missing_ok=True)
+            raise
+        self._bound = bound
+
+    async def run(self, *, task_status: TaskStatus[Daemon] = anyio.TASK_STATUS_IGNORED) -> None:
+        """Serve the bound sockets, load handlers, run until a stop is requested, drain."""
+        if self._bound is None:
+            self.prepare()
+        assert self._bound is not None
+        config = self.config
+        installed = self._installed
         limits = Limits(max_message_size=config.max_message_size)
-        self.functions = [
-            FunctionState(
-                fn,
-                Site(
-                    fn.name,
-                    fn.socket,
-                    None,
-                    defaults=fn.options,
-                    error_policy=fn.error_policy,
-                    limits=limits,
-                ),
+        self.functions = []
+        for fn, sock in self._bound:
+            site = Site(
+                fn.name,
+                fn.socket,
+                None,
+                defaults=fn.options,
+                error_policy=fn.error_policy,
+                limits=limits,
             )
-            for fn in functions
-        ]
-        self._bind_all()
+            site.adopt(sock)
+            self.functions.append(FunctionState(fn, site))
         grace = config.shutdown_grace.total_seconds()
         async with anyio.create_task_group() as tg:
             for fs in self.functions:
@@ -138,18 +167,6 @@ class Daemon:
                 fs.site.stop_accepting()
             # each site drains for up to `grace`, then cancels what is left and ends
         log.info("stopped")
-
-    def _bind_all(self) -> None:
-        """Bind every socket or none: a failure releases what was bound already."""
-        bound: list[Site] = []
-        try:
-            for fs in self.functions:
-                fs.site.bind(mode=fs.function.socket_mode, group=fs.function.socket_group)
-                bound.append(fs.site)
-        except StartupError:
-            for site in bound:
-                site.close_unserved()
-            raise
 
     async def _load_all(
         self, installed: tuple[InstalledHandler, ...], scope: anyio.CancelScope
@@ -200,13 +217,18 @@ async def _serve_site(site: Site, grace: float, *, task_status: TaskStatus[None]
 
 
 async def run_until_signalled(daemon: Daemon) -> None:
-    """Run the daemon; SIGTERM/SIGINT stop it gracefully, a second SIGINT at once."""
+    """Run the daemon; SIGTERM/SIGINT stop it gracefully, a second SIGINT at once.
+
+    The signal receiver is in place before the daemon serves anything, so a
+    SIGTERM at any point after start-up is a graceful stop, never a kill.
+    """
     async with anyio.create_task_group() as tg:
 
-        async def watch_signals() -> None:
+        async def watch_signals(*, task_status: TaskStatus[None]) -> None:
             with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+                task_status.started()
                 async for signum in signals:
-                    if daemon._stop.is_set() and signum == signal.SIGINT:
+                    if daemon.stopping and signum == signal.SIGINT:
                         log.warning("second interrupt: exiting without waiting")
                         daemon.forced = True
                         tg.cancel_scope.cancel()
@@ -214,6 +236,6 @@ async def run_until_signalled(daemon: Daemon) -> None:
                     log.info("received %s", signal.Signals(signum).name)
                     daemon.request_stop()
 
-        tg.start_soon(watch_signals)
+        await tg.start(watch_signals)
         await daemon.run()
         tg.cancel_scope.cancel()

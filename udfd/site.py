@@ -8,6 +8,7 @@ and is never taken over, and a path that is not a socket is never deleted.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import grp
 import logging
@@ -87,8 +88,15 @@ def bind_unix(path: Path, *, mode: int | None = None, group: str | None = None) 
     check_socket_path(path)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
+        owner = path.parent.stat().st_uid
     except OSError as exc:
         raise StartupError(f"cannot create socket directory {path.parent}: {exc}") from None
+    if owner not in (os.getuid(), 0):
+        # e.g. /tmp/udfd-$UID made first by another user to intercept Kapacitor
+        raise StartupError(
+            f"socket directory {path.parent} belongs to uid {owner}, not to us "
+            f"(uid {os.getuid()}) or root; refusing to serve from it"
+        )
     clear_stale_socket(path)
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
@@ -161,9 +169,11 @@ class Site:
         self._inode = os.lstat(self.path).st_ino
 
     def adopt(self, sock: socket.socket) -> None:
-        """Serve an already listening socket (tests, socket activation)."""
+        """Serve an already listening socket (bound by the daemon, or socket activation)."""
         sock.setblocking(False)
         self._sock = sock
+        with contextlib.suppress(OSError):
+            self._inode = os.lstat(self.path).st_ino
 
     def close_unserved(self) -> None:
         """Release a socket that was bound but will never be served (start-up failed)."""
