@@ -21,7 +21,14 @@ class DaemonProcess:
     sleeps for a fixed time.
     """
 
-    def __init__(self, workdir: Path, config: str, env: dict[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        workdir: Path,
+        config: str,
+        env: dict[str, str] | None = None,
+        python: str | None = None,
+    ) -> None:
+        """``python``: the interpreter to run udfd with (default: the one running the tests)."""
         self.dir = workdir
         self.sockets = workdir / "s"
         self.config = workdir / "udfd.toml"
@@ -33,7 +40,7 @@ class DaemonProcess:
         full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
         full_env.pop("UDFD_CONFIG", None)
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "udfd", "serve", "--config", str(self.config)],
+            [python or sys.executable, "-m", "udfd", "serve", "--config", str(self.config)],
             stderr=subprocess.PIPE,
             stdout=subprocess.DEVNULL,
             text=True,

@@ -251,7 +251,7 @@ async def test_configured_defaults_apply_under_init_options() -> None:
         ({"size": 3}, "option 'field' is required: .field(string)"),
         (
             {"field": "f", "size": "3"},
-            "option 'size' expects .size(int) required but got .size(string)",
+            "option 'size' expects .size(int) but got .size(string)",
         ),
         (
             {"field": "f", "size": 0},
@@ -265,7 +265,7 @@ async def test_configured_defaults_apply_under_init_options() -> None:
         ({"field": ["a", "b"], "size": 1}, "option 'field' given more than once"),
         (
             {"field": "f", "size": 1, "range": ("t", 1.0)},
-            "expects .range(string, float, float) repeatable",
+            "expects .range(string, float, float) but got .range(string, float)",
         ),
         ({"field": "f", "size": 1, "verbose": True}, "option 'verbose' expects .verbose()"),
     ],

@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import os
-import shutil
 import signal
 import socket
 import subprocess
 import sys
 import textwrap
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import anyio
@@ -20,32 +19,10 @@ import udfd
 from udfd import wire
 from udfd.client import connect, probe_info
 from udfd.proto import udf_pb2 as pb
-from udfd.testing import short_socket_dir
 
 pytestmark = pytest.mark.anyio
 
 Factory = Callable[..., DaemonProcess]
-
-
-@pytest.fixture
-def workdir() -> Iterator[Path]:
-    path = short_socket_dir("udfd-t-")
-    yield path
-    shutil.rmtree(path, ignore_errors=True)
-
-
-@pytest.fixture
-def daemon(workdir: Path) -> Iterator[Factory]:
-    started: list[DaemonProcess] = []
-
-    def start(config: str, env: dict[str, str] | None = None) -> DaemonProcess:
-        proc = DaemonProcess(workdir, config, env)
-        started.append(proc)
-        return proc
-
-    yield start
-    for proc in started:
-        proc.close()
 
 
 MIRROR_AND_SCALE = """

@@ -95,10 +95,14 @@ class OptionSpec:
     def is_flag(self) -> bool:
         return not self.value_types
 
-    def describe(self) -> str:
-        """Human-readable signature, e.g. ``.range(string, float, float) repeated``."""
+    def signature(self) -> str:
+        """How the option is written in a TICKscript, e.g. ``.range(string, float, float)``."""
         args = ", ".join(VALUE_TYPE_NAMES[t] for t in self.value_types)
-        text = f".{self.name}({args})"
+        return f".{self.name}({args})"
+
+    def describe(self) -> str:
+        """The signature with its multiplicity, e.g. ``.field(string) repeatable``."""
+        text = self.signature()
         if self.repeated:
             text += " repeatable"
         if self.required:
@@ -246,7 +250,7 @@ def collect_options(
         got = tuple(_value_type_of(v) for v in option.values)
         if got != spec.value_types:
             problems.append(
-                f"option {option.name!r} expects {spec.describe()} "
+                f"option {option.name!r} expects {spec.signature()} "
                 f"but got .{option.name}({_describe_values(option.values)})"
             )
             continue
@@ -275,7 +279,7 @@ def _format_validation_error(exc: pydantic.ValidationError, specs: Mapping[str, 
         rest = "".join(f"[{p}]" for p in loc[1:])
         if err.get("type") == "missing":
             spec = specs.get(head)
-            hint = f": {spec.describe().removesuffix(' required')}" if spec else ""
+            hint = f": {spec.signature()}" if spec else ""
             parts.append(f"option {head!r} is required{hint}")
             continue
         message = str(err["msg"]).removeprefix("Value error, ")
