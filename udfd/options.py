@@ -100,15 +100,6 @@ class OptionSpec:
         args = ", ".join(VALUE_TYPE_NAMES[t] for t in self.value_types)
         return f".{self.name}({args})"
 
-    def describe(self) -> str:
-        """The signature with its multiplicity, e.g. ``.field(string) repeatable``."""
-        text = self.signature()
-        if self.repeated:
-            text += " repeatable"
-        if self.required:
-            text += " required"
-        return text
-
 
 def _strip_optional(annotation: Any) -> tuple[Any, bool]:
     origin = get_origin(annotation)
