@@ -25,9 +25,9 @@ from udfd.config import (
     render_kapacitor_conf,
     resolve_functions,
 )
-from udfd.connection import ErrorPolicy
 from udfd.errors import ConfigError
-from udfd.site import MAX_SOCKET_PATH
+from udfd.handler import ErrorPolicy
+from udfd.sockets import MAX_SOCKET_PATH
 
 REPO = Path(__file__).resolve().parent.parent
 

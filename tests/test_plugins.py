@@ -22,9 +22,8 @@ import pytest
 
 from udfd import client, plugins
 from udfd.config import Function, load_config, resolve_functions
-from udfd.connection import ErrorPolicy
 from udfd.fallback import InfoStore, declared_info, neutral_info, placeholder_spec
-from udfd.handler import Edge
+from udfd.handler import Edge, ErrorPolicy
 from udfd.plugins import Failed, InstalledHandler, Loaded, discover, load_function
 from udfd.proto import udf_pb2 as pb
 from udfd.testing import serve_handler

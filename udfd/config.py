@@ -53,10 +53,10 @@ from .config_values import (
     normalize_distribution,
     parse_duration,
 )
-from .connection import ErrorPolicy
 from .errors import ConfigError
 from .framing import DEFAULT_MAX_MESSAGE_SIZE
-from .site import MAX_SOCKET_PATH
+from .handler import ErrorPolicy
+from .sockets import MAX_SOCKET_PATH
 
 __all__ = [
     "CONFIG_ENV",

@@ -26,7 +26,6 @@ already produced, stops reading and closes this connection only.
 from __future__ import annotations
 
 import contextlib
-import enum
 import logging
 import math
 import time
@@ -53,7 +52,7 @@ from .errors import (
     TaskError,
 )
 from .framing import DEFAULT_MAX_MESSAGE_SIZE, FrameDecoder, encode_varint
-from .handler import Context, Edge, Handler, HandlerSpec
+from .handler import Context, Edge, ErrorPolicy, Handler, HandlerSpec
 from .options import build_options
 from .proto import udf_pb2 as pb
 from .writer import FrameWriter
@@ -71,15 +70,6 @@ _POINT_HEADERS = tuple(encode_varint(n + 3) + bytes([0x8A, 0x01, n]) for n in ra
 
 # first bytes of data frames (field tags of begin=16, point=17, end=18)
 _DATA_TAG = 0x80
-
-
-class ErrorPolicy(enum.StrEnum):
-    """What an unexpected handler exception does to the connection."""
-
-    #: Send ErrorResponse (Kapacitor stops the task and shows the message).
-    ERROR = "error"
-    #: Log it, count it, drop the point, carry on.
-    DROP = "drop"
 
 
 @dataclass(frozen=True)

@@ -35,7 +35,8 @@ from .connection import Limits
 from .errors import StartupError
 from .fallback import InfoStore
 from .plugins import Failed, InstalledHandler, discover, load_function
-from .site import Site, bind_unix
+from .site import Site
+from .sockets import bind_unix
 
 log = logging.getLogger("udfd.daemon")
 

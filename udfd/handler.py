@@ -26,6 +26,15 @@ from .proto import udf_pb2 as pb
 from .state import GroupState, SnapshotError, decode_snapshot, encode_snapshot
 
 
+class ErrorPolicy(enum.StrEnum):
+    """What an unexpected handler exception does to the connection (per function)."""
+
+    #: Send ErrorResponse (Kapacitor stops the task and shows the message).
+    ERROR = "error"
+    #: Log it, count it, drop the point, carry on.
+    DROP = "drop"
+
+
 class Edge(enum.IntEnum):
     """What a handler consumes and produces (the protocol's ``EdgeType``)."""
 

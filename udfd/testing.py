@@ -16,8 +16,8 @@ from typing import Any
 
 import anyio
 
-from .connection import ErrorPolicy, Limits
-from .handler import Handler, HandlerSpec, inspect_handler
+from .connection import Limits
+from .handler import ErrorPolicy, Handler, HandlerSpec, inspect_handler
 from .site import Site
 
 
