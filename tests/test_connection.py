@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 from collections.abc import Iterable
 from datetime import timedelta
 from typing import Any
 
 import anyio
 import anyio.lowlevel
+import pydantic
 import pytest
 from pydantic import Field
 
@@ -609,3 +611,167 @@ async def test_many_concurrent_connections() -> None:
                 tg.start_soon(one, i)
         assert site.stats.connections_total == 40
         assert site.stats.points_out == 80_000
+
+
+# ---------------------------------------------------------------- failure isolation
+
+
+class Exits(udfd.Handler[udfd.NoOptions]):
+    """Code ported from a standalone script: calls sys.exit on bad input."""
+
+    def point(self, point: udfd.Point) -> udfd.Output:
+        if point.fieldsDouble["value"] < 0:
+            raise SystemExit("bad input")
+        return point
+
+
+async def test_sys_exit_in_a_handler_ends_only_its_connection() -> None:
+    async with serve_handler(Exits, name="exits", error_policy="drop") as site:
+        async with connect(site.path) as bad, connect(site.path) as good:
+            await started(bad)
+            await started(good)
+            await bad.send_points([*points(2), udfd.make_point("cpu", 9, {"value": -1.0})])
+            # even under the drop policy: SystemExit is not a data problem
+            assert await bad.wait_error() == "exits: SystemExit: bad input"
+            assert len(bad.output) == 2
+            await good.send_points(points(10))
+            assert len(await good.finish()) == 10
+
+
+class FlushesOnTheLoop(udfd.Handler[udfd.NoOptions]):
+    """Calls request_flush from a callback on the event loop thread itself."""
+
+    def init(self) -> None:
+        self.pending: list[udfd.Point] = []
+
+    def point(self, point: udfd.Point) -> udfd.Output:
+        self.pending.append(udfd.derive(point, {"flushed": True}))
+        self.context.request_flush()
+        return None
+
+    def flush(self) -> udfd.Output:
+        out, self.pending = self.pending, []
+        return out
+
+
+async def test_request_flush_on_the_event_loop_thread_does_not_block_it() -> None:
+    async with serve_handler(FlushesOnTheLoop) as site, connect(site.path) as client:
+        await started(client)
+        await client.send_points(points(4))
+        assert len(await client.wait_output(4)) == 4
+        await client.keepalive()  # the loop is alive
+        await client.finish()
+
+
+class GeneratorFailsMidBatch(udfd.Handler[udfd.NoOptions]):
+    wants = udfd.Edge.BATCH
+    provides = udfd.Edge.BATCH
+
+    def init(self) -> None:
+        self.points: list[udfd.Point] = []
+
+    def point(self, point: udfd.Point) -> udfd.Output:
+        self.points.append(point)
+        return None
+
+    def end_batch(self, end: udfd.EndBatch) -> Iterable[Any]:
+        batch, self.points = self.points, []
+        yield udfd.BeginBatch(name=end.name, size=10**12)  # a wild size
+        for p in batch:
+            if p.fieldsDouble["value"] < 0:
+                raise ValueError("cannot handle negative values")
+            yield p
+        yield end
+
+
+async def test_a_failure_halfway_through_output_sends_nothing_half_framed() -> None:
+    def batch(values: list[float]) -> tuple[pb.BeginBatch, list[pb.Point], pb.EndBatch]:
+        pts = [pb.Point(time=i, fieldsDouble={"value": v}) for i, v in enumerate(values)]
+        return pb.BeginBatch(name="b", size=len(pts)), pts, pb.EndBatch(name="b", tmax=9)
+
+    async with (
+        serve_handler(GeneratorFailsMidBatch, error_policy="drop") as site,
+        connect(site.path) as client,
+    ):
+        await started(client)
+        await client.send_batch(*batch([1.0, -1.0, 2.0]))
+        await client.send_batch(*batch([3.0, 4.0]))
+        out = await client.finish()
+    assert client.errors == []
+    # the failed batch left no trace; the next one is whole, with its exact size
+    assert [type(m) for m in out] == [pb.BeginBatch, pb.Point, pb.Point, pb.EndBatch]
+    assert out[0].size == 2
+    assert site.stats.dropped == 1
+
+
+class ValidatorBreaks(udfd.Options):
+    mode: str = "a"
+
+    @pydantic.field_validator("mode")
+    @classmethod
+    def _lookup(cls, value: str) -> str:
+        return {"a": "alpha"}[value]  # KeyError for anything else: not a ValueError
+
+
+class UsesValidator(udfd.Handler[ValidatorBreaks]):
+    pass
+
+
+async def test_init_is_answered_when_an_options_validator_raises_anything() -> None:
+    async with serve_handler(UsesValidator, name="v") as site, connect(site.path) as client:
+        response = await client.init({"mode": "zzz"})
+    assert not response.success
+    assert response.error.startswith("v: ")
+    assert "zzz" in response.error
+
+
+@pytest.mark.parametrize(
+    "bad_frame",
+    [b"\x8a\x01\x02\xff\xff", b"\x1a\x05\x08\xff\xff"],
+    ids=["undecodable-point-on-the-fast-path", "undecodable-keepalive"],
+)
+async def test_frames_before_an_undecodable_one_in_the_same_read_are_kept(
+    bad_frame: bytes,
+) -> None:
+    good = b"".join(wire.point_frame(p) for p in points(5))
+    async with serve_handler(Mirror) as site, connect(site.path) as client:
+        await started(client)
+        await client.send_raw(good + encode_frame(bad_frame))  # one write, one read
+        error = await client.wait_error()
+        await client.wait_closed()
+    assert error.startswith("udfd: protocol error:")
+    assert len(client.output) == 5
+    assert site.stats.protocol_errors == 1
+
+
+async def test_a_peer_that_never_reads_cannot_grow_our_memory() -> None:
+    """Info requests answered inline still stop the reader when output piles up."""
+    info_frame = wire.request_frame(pb.Request(info=pb.InfoRequest()))
+    flood = info_frame * 2_000_000  # 4 MB of requests, ~100 MB of answers
+    async with serve_handler(EchoOptions) as site:
+        stream = await anyio.connect_unix(site.path)
+        async with stream:
+            with anyio.move_on_after(3):
+                await stream.send(flood)  # stalls: udfd stops reading, never reads ahead
+            read = site.stats.bytes_in
+    print(f"\nread {read} of {len(flood)} bytes before the reader stopped")
+    assert read < len(flood) // 4
+
+
+class SlowThreaded(udfd.Handler[udfd.NoOptions]):
+    threaded = True
+
+    def point(self, point: udfd.Point) -> udfd.Output:
+        time.sleep(0.001)
+        return point
+
+
+async def test_keepalive_is_not_queued_behind_a_backlog() -> None:
+    async with serve_handler(SlowThreaded) as site, connect(site.path) as client:
+        await started(client)
+        await client.send_points(points(1500))  # ~1.5 s of handler work
+        latency = await client.keepalive()
+        backlog = 1500 - len(client.output)
+        assert backlog > 0  # answered while the handler still had work queued
+        await client.finish()
+    print(f"\nkeepalive behind a backlog of {backlog} points: {latency * 1e3:.1f} ms")

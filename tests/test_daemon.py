@@ -270,7 +270,9 @@ async def test_no_descriptor_leaks_over_many_connections(daemon: Factory) -> Non
     assert d.stop() == 0
 
 
-async def test_sockets_are_bound_before_slow_handlers_load(daemon: Factory, workdir: Path) -> None:
+async def test_slow_imports_delay_nothing_kapacitor_waits_for(
+    daemon: Factory, workdir: Path
+) -> None:
     gate = workdir / "gate"
     slow = workdir / "slow.py"
     slow.write_text(
@@ -278,31 +280,49 @@ async def test_sockets_are_bound_before_slow_handlers_load(daemon: Factory, work
             f"""
             import pathlib, time
             import udfd
-            # a heavy import: blocks until the test opens the gate
+            # a heavy import (a model, a big library): blocks until the test opens the gate
             while not pathlib.Path({str(gate)!r}).exists():
                 time.sleep(0.01)
 
-            class Slow(udfd.Handler[udfd.NoOptions]):
+            class Options(udfd.Options):
+                level: int = 1
+
+            class Slow(udfd.Handler[Options]):
                 pass
             """
         )
     )
-    d = daemon(f'[functions.slow]\nhandler = "{slow}:Slow"\n')
-    d.wait_for("listening on 1 socket(s)")
-    async with anyio.create_task_group() as tg:
-        infos: list[pb.InfoResponse] = []
+    config = (
+        f'[functions.slow]\nhandler = "{slow}:Slow"\n'
+        '[functions.fast]\nhandler = "HANDLERS/handlers.py:Mirror"\n'
+    )
+    first = daemon(config)
+    first.wait_for("fast: serving")
+    # the gate is shut: everything below happens while `slow` is still importing
+    async with connect(first.socket("fast")) as client:
+        await client.info()
+        assert (await client.init()).success
+        await client.send_points(pts(5))
+        assert len(await client.finish()) == 5
+    async with connect(first.socket("slow")) as client:
+        await client.keepalive()  # answered by the reader, handler or not
+    assert "ready:" not in first.log
+    gate.touch()
+    first.wait_for("ready: 2 function(s) ready")
+    info = await probe_info(first.socket("slow"))
+    assert list(info.options) == ["level"]
+    assert first.stop() == 0
 
-        async def ask() -> None:
-            infos.append(await probe_info(d.socket("slow"), reply_timeout=30))
-
-        # Kapacitor can connect now; its Info waits for the handler, not for a socket
-        tg.start_soon(ask)
-        await anyio.sleep(0.2)
-        assert infos == []
-        assert "ready:" not in d.log
-        gate.touch()
-    assert infos[0].provides == pb.STREAM
-    assert d.stop() == 0
+    # a restart: the Info last served answers at once, before the import finishes
+    gate.unlink()
+    second = daemon(config)
+    second.wait_for("listening on 2 socket(s)")
+    early = await probe_info(second.socket("slow"))
+    assert early == info
+    assert "slow: serving" not in second.log
+    gate.touch()
+    second.wait_for("ready: 2 function(s) ready")
+    assert second.stop() == 0
 
 
 def _cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:

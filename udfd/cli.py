@@ -17,7 +17,10 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
+import threading
+import time
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -123,7 +126,32 @@ def cmd_serve(args: argparse.Namespace) -> int:
     except ImportError:
         options = {}
     anyio.run(run_until_signalled, daemon, backend_options=options)
-    return 130 if daemon.forced else EXIT_OK
+    code = 130 if daemon.forced else EXIT_OK
+    stuck = _busy_threads()
+    if stuck:
+        # a handler blocked in a worker thread (or an import) would keep the
+        # interpreter alive at exit; the sockets are gone, so leave now
+        print(
+            f"udfd: abandoning {len(stuck)} busy handler thread(s): "
+            + ", ".join(t.name for t in stuck),
+            file=sys.stderr,
+        )
+        sys.stderr.flush()
+        os._exit(code)
+    return code
+
+
+def _busy_threads(wait: float = 0.5) -> list[threading.Thread]:
+    deadline = time.monotonic() + wait
+    for thread in threading.enumerate():
+        if thread is threading.main_thread() or thread.daemon:
+            continue
+        thread.join(max(0.0, deadline - time.monotonic()))
+    return [
+        t
+        for t in threading.enumerate()
+        if t is not threading.main_thread() and not t.daemon and t.is_alive()
+    ]
 
 
 def cmd_list(args: argparse.Namespace) -> int:

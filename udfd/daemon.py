@@ -134,8 +134,11 @@ class Daemon:
         config = self.config
         installed = self._installed
         limits = Limits(max_message_size=config.max_message_size)
+        store = InfoStore(config.state_file)
         self.functions = []
         for fn, sock in self._bound:
+            # Until its handler is imported, a function answers Info with the Info it
+            # last served: Kapacitor's start-up Info must not wait for slow imports.
             site = Site(
                 fn.name,
                 fn.socket,
@@ -143,6 +146,7 @@ class Daemon:
                 defaults=fn.options,
                 error_policy=fn.error_policy,
                 limits=limits,
+                early_info=store.get(fn.name),
             )
             site.adopt(sock)
             self.functions.append(FunctionState(fn, site))
@@ -159,7 +163,7 @@ class Daemon:
             systemd.notify(f"STATUS=loading {len(self.functions)} handler(s)")
             task_status.started(self)
             loading = anyio.CancelScope()
-            tg.start_soon(self._load_all, installed, loading)
+            tg.start_soon(self._load_all, installed, store, loading)
             await self._stop.wait()
             loading.cancel()
             log.info("stopping: no new connections; open ones get %.1fs to finish", grace)
@@ -170,43 +174,51 @@ class Daemon:
         log.info("stopped")
 
     async def _load_all(
-        self, installed: tuple[InstalledHandler, ...], scope: anyio.CancelScope
+        self,
+        installed: tuple[InstalledHandler, ...],
+        store: InfoStore,
+        scope: anyio.CancelScope,
     ) -> None:
+        """Import every handler, concurrently: one slow import delays only its function."""
         with scope:
-            await self._load_each(installed)
+            if not self.functions:
+                self._report_ready()
+            async with anyio.create_task_group() as tg:
+                for fs in self.functions:
+                    tg.start_soon(self._load_one, fs, installed, store)
 
-    async def _load_each(self, installed: tuple[InstalledHandler, ...]) -> None:
-        store = InfoStore(self.config.state_file)
-        failed = 0
-        for fs in self.functions:
-            result = await anyio.to_thread.run_sync(
-                functools.partial(
-                    load_function,
-                    fs.function,
-                    installed=installed,
-                    autoload=not self.config.disable_plugin_autoload,
-                    allow_distributions=self.config.allow_distributions,
-                    store=store,
-                ),
-                abandon_on_cancel=True,
+    async def _load_one(
+        self, fs: FunctionState, installed: tuple[InstalledHandler, ...], store: InfoStore
+    ) -> None:
+        result = await anyio.to_thread.run_sync(
+            functools.partial(
+                load_function,
+                fs.function,
+                installed=installed,
+                autoload=not self.config.disable_plugin_autoload,
+                allow_distributions=self.config.allow_distributions,
+                store=store,
+            ),
+            abandon_on_cancel=True,
+        )
+        if isinstance(result, Failed):
+            fs.state, fs.error = "failed", result.error
+            log.error(
+                "%s: handler failed to load; its socket answers Info (%s) and Init fails with: %s",
+                fs.function.name,
+                result.info_source,
+                result.error,
             )
-            if isinstance(result, Failed):
-                failed += 1
-                fs.state, fs.error = "failed", result.error
-                log.error(
-                    "%s: handler failed to load; its socket answers Info (%s) and Init "
-                    "fails with: %s",
-                    fs.function.name,
-                    result.info_source,
-                    result.error,
-                )
-                fs.site.set_handler(result.spec, init_error=result.error)
-            else:
-                fs.state, fs.origin = "ready", result.origin
-                fs.site.set_handler(result.spec)
-                log.info(
-                    "%s: serving %s on %s", fs.function.name, result.origin, fs.function.socket
-                )
+            fs.site.set_handler(result.spec, init_error=result.error)
+        else:
+            fs.state, fs.origin = "ready", result.origin
+            fs.site.set_handler(result.spec)
+            log.info("%s: serving %s on %s", fs.function.name, result.origin, fs.function.socket)
+        if all(f.state != "loading" for f in self.functions):
+            self._report_ready()
+
+    def _report_ready(self) -> None:
+        failed = sum(f.state == "failed" for f in self.functions)
         self.ready.set()
         summary = f"{len(self.functions) - failed} function(s) ready, {failed} failed"
         log.info("ready: %s", summary)

@@ -1,16 +1,20 @@
-"""One function's socket: the accept loop and draining its connections.
+"""One function's socket: the accept loop, its connections, and draining them.
 
 A site owns exactly one listening socket (bound by ``sockets.bind_unix``) and
-every connection accepted on it.
+every connection accepted on it. It is also where those connections get their
+handler: the socket is served before the handler is imported, so connections
+start at once (Info and keepalives answered) and their runners wait here.
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import os
 import socket
 import stat
+import time
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -22,9 +26,13 @@ from anyio.abc import TaskStatus
 from .connection import Connection, Limits, Stats
 from .errors import StartupError
 from .handler import ErrorPolicy, HandlerSpec
+from .proto import udf_pb2 as pb
 from .sockets import MAX_SOCKET_PATH, bind_unix, check_socket_path, clear_stale_socket
 
 __all__ = ["MAX_SOCKET_PATH", "Site", "bind_unix", "check_socket_path", "clear_stale_socket"]
+
+#: after the grace period, how long aborted connections get to flush their ErrorResponse
+ABORT_FLUSH = 1.0
 
 log = logging.getLogger("udfd.site")
 
@@ -42,54 +50,67 @@ class Site:
         error_policy: ErrorPolicy = ErrorPolicy.ERROR,
         limits: Limits | None = None,
         init_error: str | None = None,
+        early_info: pb.InfoResponse | None = None,
     ) -> None:
         self.name = name
         self.path = path
-        self.spec = spec
         self.defaults = dict(defaults or {})
         self.error_policy = error_policy
         self.limits = limits or Limits()
-        self.init_error = init_error
         self.stats = Stats()
-        # The socket is bound before the handler is imported (imports can be slow);
-        # connections accepted meanwhile wait here for the spec.
+        self._spec = spec
+        self._init_error = init_error
+        #: Info served while the handler is still loading (the one last served)
+        self._early_info = early_info
         self._loaded = anyio.Event()
         if spec is not None:
             self._loaded.set()
         self._sock: socket.socket | None = None
         self._inode: int | None = None  # of the socket file we created, removed on exit
         self._accept_scope = anyio.CancelScope()
+        self._connections: set[Connection] = set()
         self._idle = anyio.Event()
         self._idle.set()
-        self._waiting = 0
+        self._accept_errors_logged = -math.inf
+
+    # ---- the HandlerSource a Connection reads
+
+    @property
+    def spec(self) -> HandlerSpec | None:
+        return self._spec
+
+    @property
+    def init_error(self) -> str | None:
+        return self._init_error
+
+    @property
+    def early_info(self) -> pb.InfoResponse | None:
+        return self._early_info
+
+    async def wait_loaded(self) -> None:
+        await self._loaded.wait()
 
     def set_handler(self, spec: HandlerSpec, init_error: str | None = None) -> None:
         """Provide the handler after binding; waiting connections proceed with it."""
-        self.spec = spec
-        self.init_error = init_error
+        self._spec = spec
+        self._init_error = init_error
         self._loaded.set()
 
     @property
     def loaded(self) -> bool:
         return self._loaded.is_set()
 
+    # ---- the socket
+
     def bind(self, *, mode: int | None = None, group: str | None = None) -> None:
-        self._sock = bind_unix(self.path, mode=mode, group=group)
-        self._inode = os.lstat(self.path).st_ino
+        self.adopt(bind_unix(self.path, mode=mode, group=group))
 
     def adopt(self, sock: socket.socket) -> None:
-        """Serve an already listening socket (bound by the daemon, or socket activation)."""
+        """Serve a socket already bound to ``path`` and listening; its file is ours to remove."""
         sock.setblocking(False)
         self._sock = sock
         with contextlib.suppress(OSError):
             self._inode = os.lstat(self.path).st_ino
-
-    def close_unserved(self) -> None:
-        """Release a socket that was bound but will never be served (start-up failed)."""
-        if self._sock is not None:
-            self._sock.close()
-            self._sock = None
-        self._remove_socket_file()
 
     def stop_accepting(self) -> None:
         self._accept_scope.cancel()
@@ -100,7 +121,11 @@ class Site:
         grace: float = 10.0,
         task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED,
     ) -> None:
-        """Accept until :meth:`stop_accepting`, then give connections ``grace`` seconds."""
+        """Accept until :meth:`stop_accepting`, then give connections ``grace`` seconds.
+
+        Connections still open after the grace get an ErrorResponse saying udfd is
+        shutting down (so Kapacitor's task error says why), then are cancelled.
+        """
         if self._sock is None:
             raise StartupError(f"{self.name}: serve() before bind()")
         listener = await anyio.abc.SocketListener.from_socket(self._sock)
@@ -109,37 +134,57 @@ class Site:
                 with self._accept_scope:
                     async with listener:
                         task_status.started()
-                        while True:
-                            stream = await listener.accept()
-                            tg.start_soon(self._run_connection, stream)
+                        await self._accept_loop(listener, tg)
                 with anyio.move_on_after(grace):
                     await self._idle.wait()
+                if self._connections:
+                    log.warning(
+                        "%s: %d connection(s) still open after %.1fs; ending them",
+                        self.name,
+                        len(self._connections),
+                        grace,
+                    )
+                    for connection in list(self._connections):
+                        connection.abort("udfd is shutting down")
+                    with anyio.move_on_after(ABORT_FLUSH):
+                        await self._idle.wait()
                 tg.cancel_scope.cancel()
         finally:
+            # a connection cancelled before its task ran still owns an open socket
+            for connection in list(self._connections):
+                await connection.close_unstarted()
+            self._connections.clear()
             self._remove_socket_file()
 
-    async def _run_connection(self, stream: anyio.abc.SocketStream) -> None:
-        if self._idle.is_set():
+    async def _accept_loop(
+        self, listener: anyio.abc.SocketListener, tg: anyio.abc.TaskGroup
+    ) -> None:
+        while True:
+            try:
+                stream = await listener.accept()
+            except (anyio.BrokenResourceError, OSError) as exc:
+                # EMFILE and friends: keep the function up and retry shortly
+                now = time.monotonic()
+                if now - self._accept_errors_logged > 10:
+                    self._accept_errors_logged = now
+                    log.error("%s: accept failed (%s); retrying", self.name, exc)
+                await anyio.sleep(0.1)
+                continue
+            connection = Connection(
+                stream,
+                self,
+                function=self.name,
+                defaults=self.defaults,
+                error_policy=self.error_policy,
+                limits=self.limits,
+                stats=self.stats,
+            )
+            # counted before its task starts, so draining never misses it
+            self._connections.add(connection)
             self._idle = anyio.Event()
-        self._waiting += 1
-        try:
-            await self._loaded.wait()
-        except BaseException:
-            await stream.aclose()
-            raise
-        finally:
-            self._waiting -= 1
-        assert self.spec is not None
-        connection = Connection(
-            stream,
-            self.spec,
-            function=self.name,
-            defaults=self.defaults,
-            error_policy=self.error_policy,
-            limits=self.limits,
-            stats=self.stats,
-            init_error=self.init_error,
-        )
+            tg.start_soon(self._run_connection, connection, stream)
+
+    async def _run_connection(self, connection: Connection, stream: anyio.abc.SocketStream) -> None:
         try:
             await connection.serve()
         except Exception:
@@ -147,7 +192,8 @@ class Site:
             # must still not take the other connections of this function down.
             log.exception("%s: connection failed unexpectedly", self.name)
         finally:
-            if self.stats.connections_active == 0 and self._waiting == 0:
+            self._connections.discard(connection)
+            if not self._connections:
                 self._idle.set()
 
     def _remove_socket_file(self) -> None:

@@ -1,0 +1,113 @@
+"""What a handler returns, turned into response frames only if the protocol allows it.
+
+Kapacitor trusts its UDFs: an ``EndBatch`` without ``BeginBatch``, a negative or
+huge ``size`` (Kapacitor allocates that capacity) or an empty ``Response``
+crashes the whole kapacitord, and it never checks that output matches the
+declared ``provides``. This module is where udfd checks instead.
+
+An output batch is held back until its ``EndBatch``: the ``BeginBatch`` then goes
+out with the exact point count whatever the handler put there, and a batch that
+never ends (a handler failure, end of input) is never half-sent.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+from . import wire
+from .errors import OutputError
+from .proto import udf_pb2 as pb
+
+_Point = pb.Point
+_BeginBatch = pb.BeginBatch
+_EndBatch = pb.EndBatch
+_MESSAGES = (pb.Point, pb.BeginBatch, pb.EndBatch)
+
+
+class OutputBuffer:
+    """Validated response frames of one connection, waiting for the writer.
+
+    ``frames`` is public so the engine's hot loop can append stream points to it
+    directly; everything else goes through :meth:`add`.
+    """
+
+    __slots__ = ("_batch", "_begin", "frames", "points", "provides_batch")
+
+    def __init__(self, provides_batch: bool) -> None:
+        self.provides_batch = provides_batch
+        self.frames: list[bytes] = []
+        #: points emitted since the last :meth:`take`
+        self.points = 0
+        self._batch: list[bytes] | None = None
+        self._begin: pb.BeginBatch | None = None
+
+    @property
+    def in_batch(self) -> bool:
+        return self._batch is not None
+
+    def take(self) -> list[bytes]:
+        frames, self.frames = self.frames, []
+        return frames
+
+    def add(self, result: Any) -> None:
+        """Queue a callback's result: None, one message, or an iterable of messages.
+
+        A generator is run to its end before anything is queued, so a handler that
+        fails halfway through its output leaves nothing half-sent behind.
+        """
+        if result is None:
+            return
+        if isinstance(result, _MESSAGES):
+            self._add_one(result)
+            return
+        if isinstance(result, (str, bytes, pb.Response, pb.Request)) or not isinstance(
+            result, Iterable
+        ):
+            raise OutputError(
+                f"handler returned {type(result).__name__}; expected None, a Point, "
+                "BeginBatch or EndBatch, or an iterable of them"
+            )
+        items = result if isinstance(result, (list, tuple)) else list(result)
+        for item in items:
+            if not isinstance(item, _MESSAGES):
+                raise OutputError(f"handler output contains a {type(item).__name__}")
+        for item in items:
+            self._add_one(item)
+
+    def _add_one(self, msg: pb.Point | pb.BeginBatch | pb.EndBatch) -> None:
+        if isinstance(msg, _Point):
+            if self._batch is not None:
+                self._batch.append(wire.point_frame(msg))
+            elif self.provides_batch:
+                raise OutputError("point outside BeginBatch/EndBatch from a batch handler")
+            else:
+                self.frames.append(wire.point_frame(msg))
+                self.points += 1
+        elif not self.provides_batch:
+            raise OutputError(
+                f"{type(msg).__name__} from a handler that provides a stream (declare "
+                "provides = Edge.BATCH to send batches)"
+            )
+        elif isinstance(msg, _BeginBatch):
+            if self._batch is not None:
+                raise OutputError("BeginBatch before the previous batch's EndBatch")
+            if msg.size < 0:
+                raise OutputError(f"BeginBatch with negative size {msg.size}")
+            self._begin = msg
+            self._batch = []
+        else:
+            if self._batch is None or self._begin is None:
+                raise OutputError("EndBatch without BeginBatch")
+            begin = pb.BeginBatch()
+            begin.CopyFrom(self._begin)
+            begin.size = len(self._batch)  # exact, whatever the handler declared
+            self.frames.append(wire.begin_frame(begin))
+            self.frames.extend(self._batch)
+            self.frames.append(wire.end_frame(msg))
+            self.points += len(self._batch)
+            self._batch = self._begin = None
+
+    def discard_open_batch(self) -> None:
+        """Forget a batch that will never end (its points are not sent)."""
+        self._batch = self._begin = None
