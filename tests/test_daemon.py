@@ -361,3 +361,23 @@ def test_list_shows_installed_handlers_with_options() -> None:
 def test_usage_errors_exit_2() -> None:
     assert _cli("serve", "--bogus").returncode == 2
     assert _cli().returncode == 2
+
+
+async def test_shutdown_does_not_wait_forever_for_a_stuck_handler(daemon: Factory) -> None:
+    d = daemon(
+        'shutdown_grace = "1s"\n'
+        '[functions.stuck]\nhandler = "HANDLERS/handlers.py:Stuck"\n'
+        '[functions.mirror]\nhandler = "HANDLERS/handlers.py:Mirror"\n'
+    )
+    d.wait_for("ready:")
+    async with connect(d.socket("stuck")) as client:
+        await client.info()
+        assert (await client.init()).success
+        await client.send_points(pts(1))  # the worker thread never comes back
+        await client.keepalive()  # yet the connection still answers
+        d.proc.send_signal(signal.SIGTERM)
+        # past the grace, Kapacitor is told why its task ends
+        assert await client.wait_error() == "udfd is shutting down"
+    assert d.wait() == 0
+    assert "abandoning 1 busy handler thread" in d.log
+    assert list(d.sockets.iterdir()) == []

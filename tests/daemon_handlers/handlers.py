@@ -25,3 +25,15 @@ class Scale(udfd.Handler[ScaleOptions]):
 
 class NotAHandler:
     """Fails the contract check: not a udfd.Handler, not a legacy handler."""
+
+
+class Stuck(udfd.Handler[udfd.NoOptions]):
+    """A threaded handler that never returns from point() (a hung model, a dead NFS)."""
+
+    threaded = True
+
+    def point(self, point: udfd.Point) -> udfd.Output:
+        import threading
+
+        threading.Event().wait()  # forever
+        return point
