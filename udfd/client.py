@@ -53,7 +53,7 @@ def option_value(value: Any) -> pb.OptionValue:
     raise TypeError(f"{type(value).__name__} cannot be a TICKscript option value")
 
 
-def build_options(options: Mapping[str, Any] | Iterable[pb.Option]) -> list[pb.Option]:
+def init_options(options: Mapping[str, Any] | Iterable[pb.Option]) -> list[pb.Option]:
     """Turn ``{"field": "value", "size": 10}`` into Init's option list."""
     if not isinstance(options, Mapping):
         return list(options)
@@ -209,7 +209,7 @@ class UdfClient:
         task_id: str = "test-task",
         node_id: str = "udf1",
     ) -> pb.InitResponse:
-        request = pb.InitRequest(options=build_options(options), taskID=task_id, nodeID=node_id)
+        request = pb.InitRequest(options=init_options(options), taskID=task_id, nodeID=node_id)
         await self.send(pb.Request(init=request))
         result: pb.InitResponse = await self._wait_for("init")
         return result

@@ -52,7 +52,7 @@ from .errors import (
     RestoreFailed,
     TaskError,
 )
-from .framing import DEFAULT_MAX_MESSAGE_SIZE, FrameDecoder, encode_varint
+from .framing import DEFAULT_MAX_MESSAGE_SIZE, FrameDecoder
 from .handler import Context, Edge, ErrorPolicy, Handler, HandlerSpec
 from .options import build_options
 from .output import OutputBuffer
@@ -65,8 +65,7 @@ _Point = pb.Point
 _point_frame = wire.point_frame
 _decode_request = wire.decode_request
 _parse_point = pb.Point.FromString
-#: frame prefix + Response.point tag + length, for point bodies under 128 bytes
-_POINT_HEADERS = tuple(encode_varint(n + 3) + bytes([0x8A, 0x01, n]) for n in range(0x80))
+_POINT_HEADERS = wire.POINT_HEADERS
 #: first bytes of data frames (field tags of begin=16, point=17, end=18)
 _DATA_TAG = 0x80
 #: what handler code may raise that must end only its own connection; cancellation

@@ -45,6 +45,12 @@ TAG_INFO: Final = 0x0A
 TAG_KEEPALIVE: Final = 0x1A
 _POINT_TAG: Final = b"\x8a\x01"
 
+#: frame prefix + Response.point tag + length, for point bodies under 128 bytes
+#: (the common case; the engine's hot loop uses it inline too)
+POINT_HEADERS: Final = tuple(
+    _PREFIX_CACHE[n + 3] + _POINT_TAG + _PREFIX_CACHE[n] for n in range(0x80)
+)
+
 _parse_point = pb.Point.FromString
 _parse_request = pb.Request.FromString
 _parse_keepalive = pb.KeepaliveRequest.FromString
@@ -96,13 +102,10 @@ def point_frame(point: pb.Point) -> bytes:
     """A framed ``Response{point}`` from a point, without building the wrapper."""
     body = point.SerializeToString()
     size = len(body)
+    if size < 0x80:
+        return POINT_HEADERS[size] + body
     if size < 16000:
-        return (
-            _PREFIX_CACHE[size + 2 + (1 if size < 0x80 else 2)]
-            + _POINT_TAG
-            + _PREFIX_CACHE[size]
-            + body
-        )
+        return _PREFIX_CACHE[size + 4] + _POINT_TAG + _PREFIX_CACHE[size] + body
     inner = _POINT_TAG + encode_varint(size) + body
     return encode_varint(len(inner)) + inner
 
