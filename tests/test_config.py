@@ -303,6 +303,54 @@ def test_invalid_function_name(tmp_path: Path) -> None:
     ]
 
 
+def test_every_kind_of_problem_is_reported_in_one_round(tmp_path: Path) -> None:
+    # field errors (a bad key, a bad name) and whole-config checks (sockets) together
+    lines = problems(
+        tmp_path,
+        """
+        socket_dir = "/tmp/u"
+        colour = "blue"
+        [functions.a]
+        socket = "shared.sock"
+        [functions.b]
+        socket = "shared.sock"
+        [functions.adsl-state]
+        handler = "x"
+        [functions.c]
+        threaded = "sometimes"
+        """,
+    )
+    assert sorted(lines) == sorted(
+        [
+            "colour: unknown key",
+            "functions.adsl-state: not a valid TICKscript identifier ([A-Za-z_][A-Za-z0-9_]*)",
+            "functions.c.threaded: Input should be a valid boolean, unable to interpret input "
+            "(got 'sometimes')",
+            "functions.b.socket: '/tmp/u/shared.sock' is also the socket of functions.a",
+        ]
+    )
+
+
+def test_whole_config_checks_skip_inputs_that_are_invalid(tmp_path: Path) -> None:
+    # a relative socket_dir is reported, and not replaced by a default to check sockets in
+    (line,) = problems(tmp_path, minimal().replace('"/tmp/udfd-test"', '"rel"'))
+    assert line.startswith("socket_dir: must be an absolute path")
+    # a socket of the wrong type is not checked as if it were the default path
+    lines = problems(
+        tmp_path,
+        """
+        socket_dir = "/tmp/u"
+        [functions.a]
+        [functions.b]
+        socket = 3
+        """,
+    )
+    assert [line.split(":")[0] for line in lines] == ["functions.b.socket"]
+    # misnamed functions are still functions: no "no functions configured"
+    (line,) = problems(tmp_path, 'socket_dir = "/tmp/u"\n[functions.a-b]\nhandler = "x"\n')
+    assert line.startswith("functions.a-b: not a valid TICKscript identifier")
+
+
 def test_no_functions_needs_serve_installed(tmp_path: Path) -> None:
     (line,) = problems(tmp_path, 'socket_dir = "/tmp/u"\n')
     assert line.startswith("functions: no functions configured")

@@ -14,6 +14,7 @@ import logging
 import subprocess
 import sys
 import textwrap
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from types import ModuleType
@@ -32,12 +33,14 @@ from udfd.compat import (
     uninstall_kapacitor_shim,
 )
 from udfd.compat.kapacitor_agent import StandaloneAgentError
-from udfd.errors import HandlerDefinitionError
-from udfd.handler import inspect_handler
+from udfd.errors import HandlerDefinitionError, TaskError
+from udfd.handler import Context, inspect_handler
 from udfd.legacy import (
     LegacyAdapter,
+    LegacyHandlerError,
     is_legacy_handler_class,
     legacy_handler,
+    legacy_info,
     load_legacy,
     load_legacy_file,
 )
@@ -65,6 +68,14 @@ def point(name: str, time: int, value: float, group: str = "", **tags: str) -> p
 
 def warnings_in(caplog: pytest.LogCaptureFixture) -> str:
     return "\n".join(r.getMessage() for r in caplog.records if r.levelno == logging.WARNING)
+
+
+def forget_handler_files() -> None:
+    """Drop the imported modules of ``legacy_handlers/`` files (each is imported once per
+    path), for tests that need them imported again against another ``kapacitor.udf``."""
+    for name, module in list(sys.modules.items()):
+        if Path(getattr(module, "__file__", None) or "/").parent == HANDLERS:
+            del sys.modules[name]
 
 
 # ---------------------------------------------------------------- the shim
@@ -137,6 +148,94 @@ def test_file_that_starts_an_agent_on_import_fails_clearly(tmp_path: Path) -> No
 def test_missing_class_names_the_handler_classes() -> None:
     with pytest.raises(HandlerDefinitionError, match=r"no class 'Nope'.*CountHandler"):
         load_legacy_file(HANDLERS / "sloppy.py", "Nope")
+
+
+def test_a_file_is_imported_once_and_may_import_its_neighbours(tmp_path: Path) -> None:
+    (tmp_path / "udfd_test_neighbour.py").write_text("FIELD = 'from the neighbour'\n")
+    file = tmp_path / "uses_neighbour.py"
+    file.write_text(
+        HANDLERS.joinpath("mirror.py").read_text()
+        + "\nimport udfd_test_neighbour\nFIELD = udfd_test_neighbour.FIELD\n"
+    )
+    try:
+        cls = load_legacy_file(file, "MirrorHandler")
+        assert sys.modules[cls.__module__].FIELD == "from the neighbour"
+        # appended, so the file's neighbours never shadow the standard library
+        assert sys.path[-1] == str(tmp_path)
+        assert load_legacy_file(file, "MirrorHandler") is cls  # the same module, not a copy
+    finally:
+        sys.path.remove(str(tmp_path))
+        sys.modules.pop("udfd_test_neighbour", None)
+
+
+RAISING_LEGACY = """
+    import sys
+
+    from kapacitor.udf import udf_pb2
+    from kapacitor.udf.agent import Handler
+
+
+    class H(Handler):
+        def __init__(self, agent):
+            self._agent = agent
+            {init}
+
+        def info(self):
+            {info}
+            response = udf_pb2.Response()
+            response.info.wants = udf_pb2.STREAM
+            return response
+"""
+
+
+@pytest.mark.parametrize(
+    ("where", "statement", "message"),
+    [
+        ("info", "sys.exit(2)", "H: info() failed: called sys.exit(2) while loading"),
+        ("info", "sys.exit()", "H: info() failed: called sys.exit() while loading"),
+        (
+            "init",
+            "raise GeneratorExit",
+            "H: creating the handler with an agent failed: GeneratorExit",
+        ),
+    ],
+)
+def test_load_time_handler_code_that_exits_fails_only_this_handler(
+    tmp_path: Path, where: str, statement: str, message: str
+) -> None:
+    code = {"init": "pass", "info": "pass", where: statement}
+    file = tmp_path / f"raising_{where}.py"
+    file.write_text(textwrap.dedent(RAISING_LEGACY).format(**code))
+    cls = load_legacy_file(file, "H")
+    with pytest.raises(HandlerDefinitionError) as info:
+        legacy_info(cls)
+    assert str(info.value) == message
+
+
+def test_what_counts_as_a_legacy_handler_class() -> None:
+    install_kapacitor_shim()
+    from kapacitor.udf.agent import Handler as AgentHandler
+
+    class Subclass(AgentHandler):  # the usual way: all callbacks inherited
+        pass
+
+    class DuckTyped:  # the official agent never required its base class
+        def info(self) -> None: ...
+        def init(self, init_req: object) -> None: ...
+        def begin_batch(self, begin: object) -> None: ...
+        def point(self, point: object) -> None: ...
+        def end_batch(self, end: object) -> None: ...
+
+    class InfoAndInit:  # unrelated code has methods with these names too
+        def info(self) -> None: ...
+        def init(self, request: object) -> None: ...
+
+    assert is_legacy_handler_class(Subclass)
+    assert is_legacy_handler_class(DuckTyped)
+    assert not is_legacy_handler_class(InfoAndInit)
+    assert not is_legacy_handler_class(DuckTyped())
+    assert not is_legacy_handler_class(udfd.Handler)
+    assert not is_legacy_handler_class(load("mirror.py", "MirrorHandler"))  # an adapter
 
 
 def test_adapter_declaration() -> None:
@@ -367,6 +466,66 @@ async def test_output_from_a_background_thread_is_sent_promptly() -> None:
     assert client.errors == []
 
 
+def _write_from_a_thread(adapter: LegacyAdapter, *responses: Any) -> None:
+    """What a handler's own thread writes between callbacks (none of the adapter runs)."""
+
+    def write() -> None:
+        for response in responses:
+            adapter.agent.write_response(response)
+
+    thread = threading.Thread(target=write)
+    thread.start()
+    thread.join()
+
+
+def _response(name: str = "", error: str = "") -> pb.Response:
+    response = pb.Response()
+    if error:
+        response.error.error = error
+    else:
+        response.point.CopyFrom(point(name, 1, 1.0))
+    return response
+
+
+# The engine calls close() once, when Kapacitor's input ends, and sends what it
+# returns; if close() raises, nothing it would have returned is sent. Output and
+# an error written from a thread just before the end can only be buffered then:
+# the connection's flush would otherwise have delivered them. No socket can
+# order that race, so these tests call close() as the engine does.
+
+
+def test_output_written_before_an_error_at_the_end_is_kept(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    adapter = load("faulty.py", "FaultyHandler")(pb.InitRequest(), Context(function="faulty"))
+    adapter.init()
+    _write_from_a_thread(
+        adapter, _response("p0"), _response("p1"), _response(error="bad"), _response("p2")
+    )
+    out = adapter.close()
+    assert isinstance(out, list)
+    assert [p.name for p in out if isinstance(p, pb.Point)] == ["p0", "p1"] and len(out) == 2
+    # the error is not lost without trace: it is logged with its message
+    (record,) = [r for r in caplog.records if r.levelno == logging.ERROR]
+    message = record.getMessage()
+    assert "FaultyHandler wrote an ErrorResponse as its input ended" in message
+    assert "the 2 message(s) written before it are sent" in message
+    assert "the 1 written after it dropped" in message
+    assert message.endswith(": bad")
+
+
+def test_an_error_with_nothing_before_it_at_the_end_is_raised() -> None:
+    adapter = load("faulty.py", "FaultyHandler")(pb.InitRequest(), Context(function="faulty"))
+    adapter.init()
+    _write_from_a_thread(adapter, _response(error="gave up"), _response("late"))
+    with pytest.raises(LegacyHandlerError, match=r"^gave up$") as info:
+        adapter.close()
+    assert isinstance(info.value, TaskError)  # reaches Kapacitor verbatim
+    assert adapter.close() is None  # nothing left, nothing accepted after the end
+    _write_from_a_thread(adapter, _response("after"))
+    assert adapter.close() is None
+
+
 # ---------------------------------------------------------------- tolerated mistakes
 
 
@@ -529,6 +688,7 @@ def official_package(tmp_path: Path) -> Iterator[ModuleType]:
     saved = {k: m for k, m in sys.modules.items() if k == "kapacitor" or k.startswith("kapacitor.")}
     for name in saved:
         del sys.modules[name]
+    forget_handler_files()  # imported against the stand-ins by earlier tests
     sys.path.insert(0, str(root))
     importlib.invalidate_caches()
     try:
@@ -538,6 +698,7 @@ def official_package(tmp_path: Path) -> Iterator[ModuleType]:
         for name in [k for k in sys.modules if k == "kapacitor" or k.startswith("kapacitor.")]:
             del sys.modules[name]
         sys.modules.update(saved)
+        forget_handler_files()  # bound to the official package, which is gone now
         importlib.invalidate_caches()
 
 

@@ -11,7 +11,9 @@ from __future__ import annotations
 import json
 import sys
 import textwrap
-from collections.abc import Iterator
+import threading
+import types
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
@@ -21,9 +23,12 @@ from typing import Any
 import pytest
 
 from udfd import client, plugins
+from udfd.compat import shim_installed, uninstall_kapacitor_shim
 from udfd.config import Function, load_config, resolve_functions
+from udfd.errors import UdfdError
 from udfd.fallback import InfoStore, declared_info, neutral_info, placeholder_spec
-from udfd.handler import Edge, ErrorPolicy
+from udfd.handler import Edge, ErrorPolicy, Handler, inspect_handler
+from udfd.importer import ImportFromStringError
 from udfd.plugins import Failed, InstalledHandler, Loaded, discover, load_function
 from udfd.proto import udf_pb2 as pb
 from udfd.testing import serve_handler
@@ -104,6 +109,26 @@ def function(handler: str, name: str = "fn", **kwargs: Any) -> Function:
     if isinstance(defaults["options"], dict):
         defaults["options"] = MappingProxyType(defaults["options"])
     return Function(**defaults)
+
+
+def in_worker(load: Callable[[], Loaded | Failed]) -> Loaded | Failed | BaseException:
+    """Run ``load`` in a worker thread, as the daemon loads handlers.
+
+    Whatever escapes is returned, not re-raised: a ``KeyboardInterrupt`` or
+    ``SystemExit`` re-raised here would end the test session, not fail a test.
+    """
+    box: list[Loaded | Failed | BaseException] = []
+
+    def run() -> None:
+        try:
+            box.append(load())
+        except BaseException as exc:
+            box.append(exc)
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    thread.join()
+    return box[0]
 
 
 def loaded(result: Loaded | Failed) -> Loaded:
@@ -187,6 +212,36 @@ def test_load_by_file_relative_to_the_config(tmp_path: Path) -> None:
     assert again.spec.cls is result.spec.cls
 
 
+def test_one_file_loaded_by_two_functions_at_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # the daemon loads functions concurrently; the second load of a file must wait
+    # for the first, not take its half-run module from sys.modules
+    signals = types.ModuleType("udfd_test_signals")
+    signals.STARTED, signals.GO = threading.Event(), threading.Event()  # type: ignore[attr-defined]
+    monkeypatch.setitem(sys.modules, "udfd_test_signals", signals)
+    (tmp_path / "slow.py").write_text(
+        "import udfd_test_signals as s\ns.STARTED.set()\ns.GO.wait(10)\n" + textwrap.dedent(GOOD)
+    )
+    results: dict[str, Loaded | Failed | BaseException] = {}
+
+    def load(name: str) -> None:
+        results[name] = in_worker(lambda: load_function(function(f"{tmp_path}/slow.py:Avg", name)))
+
+    first = threading.Thread(target=load, args=("first",))
+    first.start()
+    assert signals.STARTED.wait(10)  # type: ignore[attr-defined]
+    second = threading.Thread(target=load, args=("second",))
+    second.start()
+    second.join(0.5)  # without the wait it has failed by now
+    signals.GO.set()  # type: ignore[attr-defined]
+    first.join()
+    second.join()
+    a, b = results["first"], results["second"]
+    assert isinstance(a, Loaded) and isinstance(b, Loaded), (a, b)
+    assert a.spec.cls is b.spec.cls
+
+
 def test_forced_threads(site: FakeSite) -> None:
     site.module("fake_thr", GOOD)
     result = loaded(load_function(function("fake_thr:Avg", threaded=True)))
@@ -237,7 +292,112 @@ def test_module_raising_at_import(site: FakeSite) -> None:
         result.error == "fn: module 'fake_boom' failed to import: ValueError: bad config in module"
     )
     site.module("fake_exit", "import sys\nsys.exit(3)\n")
-    assert "SystemExit: 3" in failed(load_function(function("fake_exit:X"))).error
+    assert failed(load_function(function("fake_exit:X"))).error == (
+        "fn: module 'fake_exit' failed to import: called sys.exit(3) while loading"
+    )
+
+
+EXITS = [
+    pytest.param("sys.exit(3)", "called sys.exit(3) while loading", id="sys.exit"),
+    pytest.param("raise KeyboardInterrupt", "KeyboardInterrupt", id="KeyboardInterrupt"),
+    pytest.param("raise GeneratorExit('bye')", "GeneratorExit: bye", id="GeneratorExit"),
+    pytest.param("raise RuntimeError('odd')", "RuntimeError: odd", id="RuntimeError"),
+]
+
+LEGACY_EXITING = """
+    import sys
+
+    from kapacitor.udf import udf_pb2
+    from kapacitor.udf.agent import Handler
+
+    {module}
+
+
+    class H(Handler):
+        def __init__(self, agent):
+            {init}
+
+        def info(self):
+            {info}
+            return udf_pb2.Response()
+"""
+
+VALIDATOR_EXITING = """
+    import sys
+
+    from pydantic import field_validator
+    from udfd import Handler, Options
+
+    {module}
+
+
+    class O(Options):
+        size: int = 1
+
+        @field_validator("size")
+        @classmethod
+        def _size(cls, value):
+            {validator}
+
+
+    class H(Handler[O]):
+        pass
+"""
+
+
+@pytest.mark.parametrize(("statement", "description"), EXITS)
+@pytest.mark.parametrize(
+    ("kind", "where", "prefix"),
+    [
+        pytest.param("module", "module", "fn: module 'fake_exiting' failed to import: ",
+                     id="module-import"),
+        pytest.param("file", "module", "fn: file '{path}' failed to import: ", id="file-import"),
+        pytest.param("legacy file", "module", "fn: file '{path}' failed to import: ",
+                     id="legacy-file-import"),
+        pytest.param("legacy module", "module", "fn: module 'fake_exiting' failed to import: ",
+                     id="legacy-module-import"),
+        pytest.param("legacy file", "init", "fn: legacy handler '{ref}': creating the handler "
+                     "with an agent failed: ", id="legacy-init"),
+        pytest.param("legacy file", "info", "fn: legacy handler '{ref}': info() failed: ",
+                     id="legacy-file-info"),
+        pytest.param("legacy module", "info", "fn: legacy handler '{ref}': info() failed: ",
+                     id="legacy-module-info"),
+        pytest.param("file", "validator", "fn: functions.fn.options: validating the configured "
+                     "defaults failed: ", id="option-validator"),
+    ],
+)  # fmt: skip
+def test_handler_code_that_exits_at_load_time_fails_only_its_function(
+    site: FakeSite, kind: str, where: str, prefix: str, statement: str, description: str
+) -> None:
+    code = {"module": "", "init": "pass", "info": "pass", "validator": "return value"}
+    code[where] = statement
+    template = LEGACY_EXITING if kind.startswith("legacy") else VALIDATOR_EXITING
+    source = textwrap.dedent(template).format(**code)
+    path = site.root / "exiting.py"
+    if kind.endswith("module"):
+        site.module("fake_exiting", source)
+        ref = "fake_exiting:H"
+    else:
+        path.write_text(source)
+        ref = f"{path}:H"
+    options = {"size": 2} if where == "validator" else {}
+    result = in_worker(lambda: load_function(function(ref, options=options)))
+    assert isinstance(result, Failed), f"escaped the loader: {result!r}"
+    assert result.error == prefix.format(path=path, ref=ref) + description
+    # a declaration that got as far as its option defaults still gives the Info
+    assert result.info_source == ("declaration" if where == "validator" else "neutral")
+
+
+def test_a_keyboard_interrupt_in_the_main_thread_is_not_contained(site: FakeSite) -> None:
+    # there it may be a real Ctrl-C (``udfd list`` loads in the main thread)
+    site.module("fake_ctrl_c", "raise KeyboardInterrupt\n")
+    with pytest.raises(KeyboardInterrupt):
+        load_function(function("fake_ctrl_c:H"))
+
+
+def test_load_errors_are_udfd_errors() -> None:
+    assert issubclass(plugins.PluginError, UdfdError)
+    assert issubclass(ImportFromStringError, UdfdError)
 
 
 def test_class_not_found_names_the_handlers_it_has(site: FakeSite) -> None:
@@ -465,6 +625,18 @@ def test_declared_info_of_unreadable_declarations() -> None:
     assert declared_info(object) is None
     assert declared_info("not a class") is None
 
+    class BadEdge(Handler):
+        wants = 7  # type: ignore[assignment]
+
+    assert declared_info(BadEdge) is None
+
+
+def test_declared_info_is_what_the_handler_would_serve(site: FakeSite) -> None:
+    site.module("fake_decl", GOOD)
+    module = sys.modules[loaded(load_function(function("fake_decl:Avg"))).spec.cls.__module__]
+    for cls in (module.Avg, module.BatchAvg):
+        assert declared_info(cls) == inspect_handler(cls).info
+
 
 @pytest.mark.anyio
 async def test_failed_function_answers_info_and_refuses_init(tmp_path: Path) -> None:
@@ -556,8 +728,106 @@ def test_legacy_handler_by_file(tmp_path: Path) -> None:
     assert result.spec.threaded
 
 
+@pytest.fixture
+def no_shim() -> Iterator[None]:
+    """No ``kapacitor.udf`` stand-ins installed (earlier tests may have left them)."""
+    uninstall_kapacitor_shim()
+    yield
+    uninstall_kapacitor_shim()
+
+
+@pytest.mark.usefixtures("no_shim")
 def test_legacy_handler_by_module(site: FakeSite) -> None:
-    pytest.importorskip("udfd.legacy", reason="udfd.legacy (legacy adapter) not available")
     site.module("fake_legacy_mirror", LEGACY)
+    site.dist("fake-legacy", {"legacy_mirror": "fake_legacy_mirror:Mirror"})
+    assert not shim_installed()
     result = loaded(load_function(function("fake_legacy_mirror:Mirror", "mirror")))
     assert list(result.spec.info.options) == ["field"]
+    assert result.spec.threaded
+    assert shim_installed()
+    # by entry point too, again without the stand-ins in place beforehand
+    uninstall_kapacitor_shim()
+    del sys.modules["fake_legacy_mirror"]
+    via_ep = loaded(load_function(function("legacy_mirror"), installed=site.installed()))
+    assert list(via_ep.spec.info.options) == ["field"]
+
+
+@pytest.mark.usefixtures("no_shim")
+def test_legacy_handler_by_module_beside_an_unrelated_kapacitor_package(site: FakeSite) -> None:
+    # a ``kapacitor`` package without ``udf`` (say, an API client): the import then
+    # misses ``kapacitor.udf``, not ``kapacitor``, and the stand-ins must still step in
+    site.module("kapacitor.client", "NAME = 'an unrelated kapacitor package'\n")
+    site.module("fake_legacy_beside", LEGACY)
+    result = loaded(load_function(function("fake_legacy_beside:Mirror", "mirror")))
+    assert list(result.spec.info.options) == ["field"]
+    # the package is kept, with the stand-ins added beside what it has
+    kapacitor = sys.modules["kapacitor"]
+    assert Path(kapacitor.__file__ or "").parent == site.root / "kapacitor"
+    assert shim_installed() and kapacitor.udf is sys.modules["kapacitor.udf"]
+
+
+@pytest.mark.anyio
+@pytest.mark.usefixtures("no_shim")
+async def test_legacy_handler_by_module_serves_on_a_socket(site: FakeSite) -> None:
+    site.module("fake_legacy_served", LEGACY)
+    result = loaded(load_function(function("fake_legacy_served:Mirror", "mirror")))
+    sent = pb.Point(name="cpu", time=1, fieldsDouble={"v": 1.0})
+    async with serve_handler(result.spec, name="mirror") as served:
+        async with client.connect(served.path) as kapacitor:
+            assert list((await kapacitor.info()).options) == ["field"]
+            assert (await kapacitor.init({"field": "value"})).success
+            await kapacitor.send_point(sent)
+            assert await kapacitor.wait_output(1) == [sent]
+            await kapacitor.finish()
+    assert kapacitor.errors == []
+
+
+NOT_LEGACY = """
+    class InfoAndInit:
+        # has info and init, as many classes do; not written for Kapacitor's agent
+
+        def info(self):
+            return {}
+
+        def init(self, request):
+            return None
+
+
+    class DuckTyped:
+        # written for the official agent without subclassing its Handler
+
+        def __init__(self, agent):
+            self._agent = agent
+
+        def info(self):
+            from kapacitor.udf import udf_pb2
+
+            response = udf_pb2.Response()
+            response.info.wants = udf_pb2.STREAM
+            response.info.provides = udf_pb2.STREAM
+            return response
+
+        def init(self, init_req):
+            return None
+
+        def begin_batch(self, begin_req):
+            pass
+
+        def point(self, point):
+            pass
+
+        def end_batch(self, end_req):
+            pass
+"""
+
+
+def test_only_legacy_handler_classes_go_to_the_legacy_adapter(site: FakeSite) -> None:
+    site.module("fake_not_legacy", NOT_LEGACY)
+    plain = failed(load_function(function("fake_not_legacy:InfoAndInit")))
+    assert plain.error == (
+        "fn: handler 'fake_not_legacy:InfoAndInit': not a subclass of udfd.Handler"
+    )
+    duck = loaded(load_function(function("fake_not_legacy:DuckTyped")))
+    assert duck.spec.threaded and duck.spec.cls.raw_options  # the adapter
+    missing = failed(load_function(function("fake_not_legacy:Nope")))
+    assert missing.error.endswith("(it defines: DuckTyped)")

@@ -14,7 +14,8 @@ is used: it sets ``serve_installed = true``, which serves every installed handle
 
 The model is strict (unknown keys are errors naming their path) and frozen, and
 every problem is reported as one ``key.path: what is wrong`` line in a
-:class:`~udfd.errors.ConfigError`.
+:class:`~udfd.errors.ConfigError`, all of them at once: bad values and names
+together with the checks of the whole config (sockets, at least one function).
 """
 
 from __future__ import annotations
@@ -45,11 +46,13 @@ from pydantic_settings import BaseSettings, EnvSettingsSource, SettingsConfigDic
 
 from .config_values import (
     Duration,
+    FunctionName,
     SocketMode,
     TcpAddress,
     default_socket_dir,
     default_state_dir,
     format_duration,
+    is_function_name,
     normalize_distribution,
     parse_duration,
 )
@@ -86,7 +89,6 @@ _NOT_SETTINGS = frozenset({"config"})
 STATE_FILE_NAME = "info.json"
 DEFAULT_HEALTH = "udfd-health.sock"
 
-_IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
 _HOST_PORT = re.compile(r"(\[[0-9A-Fa-f:.]+\]|[^/:\[\]]*):(\d+)\Z")
 
 
@@ -138,7 +140,7 @@ class Config(BaseSettings):
     socket_group: str | None = Field(default=None, min_length=1)
     timeout: Duration = timedelta(seconds=10)
     error_policy: ErrorPolicy = ErrorPolicy.ERROR
-    functions: dict[str, FunctionConfig] = Field(default_factory=dict)
+    functions: dict[FunctionName, FunctionConfig] = Field(default_factory=dict)
 
     #: not a setting: the file this was read from (frozen applies to fields only)
     _source: Path | None = PrivateAttr(default=None)
@@ -168,18 +170,18 @@ class Config(BaseSettings):
 
     @pydantic.model_validator(mode="after")
     def _check(self) -> Config:
-        problems = [
-            f"functions.{name}: not a valid TICKscript identifier ([A-Za-z_][A-Za-z0-9_]*)"
-            for name in self.functions
-            if not _IDENTIFIER.match(name)
-        ]
+        """The checks of the whole config; their inputs are listed in :func:`_check_inputs`.
+
+        Pydantic runs this only when every field is valid; :func:`load_config`
+        runs it on the valid inputs otherwise, so all problems show at once.
+        """
+        problems = []
         if not self.functions and not self.serve_installed:
             problems.append(
                 "functions: no functions configured; add [functions.NAME] tables "
                 "or set serve_installed = true"
             )
-        if not problems:
-            problems = _socket_problems(self, self.functions)
+        problems += _socket_problems(self, self.functions)
         if problems:
             raise PydanticCustomError("udfd_config", "\n".join(problems))
         return self
@@ -245,6 +247,49 @@ def _socket_problems(config: Config, names: Iterable[str]) -> list[str]:
 # ---------------------------------------------------------------- loading
 
 
+def _check_inputs(values: Mapping[str, Any]) -> dict[str, Any]:
+    """What :meth:`Config._check` reads, taken from raw ``values``: the socket and
+    health settings, ``serve_installed``, and each well-named function's socket.
+
+    A function whose name or table is invalid is left out (its error is reported
+    already); one whose ``socket`` is not a string too, rather than being checked
+    at the default path, which could report a collision that is not there.
+    Misnamed functions still count as functions for "no functions configured".
+    """
+    inputs = {k: values[k] for k in ("socket_dir", "health", "serve_installed") if k in values}
+    functions = values.get("functions")
+    if isinstance(functions, Mapping) and functions:
+        inputs["serve_installed"] = True
+        inputs["functions"] = {
+            name: {"socket": table["socket"]} if "socket" in table else {}
+            for name, table in functions.items()
+            if isinstance(name, str)
+            and is_function_name(name)
+            and isinstance(table, Mapping)
+            and isinstance(table.get("socket", ""), str)
+        }
+    return inputs
+
+
+def _whole_config_problems(values: Mapping[str, Any]) -> list[str]:
+    """:meth:`Config._check`'s problems for a config with invalid fields.
+
+    Validates only the check's inputs (:func:`_check_inputs`). When one of those
+    is invalid itself, its error is already reported and the check is skipped
+    rather than run on a default in its place.
+    """
+    try:
+        Config.model_validate(_check_inputs(values))
+    except pydantic.ValidationError as exc:
+        return [
+            line
+            for err in exc.errors(include_url=False)
+            if err["type"] == "udfd_config"
+            for line in err["msg"].splitlines()
+        ]
+    return []
+
+
 def _read_toml(path: Path) -> dict[str, Any]:
     try:
         with path.open("rb") as f:
@@ -306,9 +351,10 @@ def _error_lines(exc: pydantic.ValidationError, env: Mapping[str, str]) -> list[
     env_names = {k.upper() for k in env}
     lines: list[str] = []
     for err in exc.errors(include_url=False):
-        key = ".".join(str(part) for part in err["loc"])
-        var = ENV_PREFIX + "__".join(str(part) for part in err["loc"]).upper()
-        origin = f" (from {var})" if err["loc"] and var in env_names else ""
+        loc = err["loc"][:-1] if err["loc"][-1:] == ("[key]",) else err["loc"]  # a bad name
+        key = ".".join(str(part) for part in loc)
+        var = ENV_PREFIX + "__".join(str(part) for part in loc).upper()
+        origin = f" (from {var})" if loc and var in env_names else ""
         kind = err["type"]
         if kind == "udfd_config":
             lines.extend(err["msg"].splitlines())
@@ -351,7 +397,10 @@ def load_config(path: Path | None = None, env: Mapping[str, str] | None = None) 
     try:
         config = Config.model_validate(values)
     except pydantic.ValidationError as exc:
-        raise ConfigError(f"{where}:\n" + "\n".join(_error_lines(exc, env))) from None
+        lines = _error_lines(exc, env)
+        if not any(err["type"] == "udfd_config" for err in exc.errors()):
+            lines += _whole_config_problems(values)  # Config._check did not run
+        raise ConfigError(f"{where}:\n" + "\n".join(lines)) from None
     if path is not None:
         config._source = path.resolve()
     return config
@@ -405,7 +454,7 @@ def resolve_functions(
         for handler in discovered:
             if handler.name in names or not config.allows(handler.distribution):
                 continue
-            if not _IDENTIFIER.match(handler.name):
+            if not is_function_name(handler.name):
                 log.warning(
                     "not serving entry point %r of %s: not a valid TICKscript identifier",
                     handler.name,

@@ -16,13 +16,14 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Annotated
 
-from pydantic import BeforeValidator
+from pydantic import AfterValidator, BeforeValidator
 
 _DURATION_PART = re.compile(r"(\d+(?:\.\d*)?|\.\d+)(ns|us|µs|μs|ms|s|m|h)")
 _DURATION_UNITS = {
     "ns": 1e-9, "us": 1e-6, "µs": 1e-6, "μs": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0,
 }  # fmt: skip
 _MODE = re.compile(r"(?:0o?)?([0-7]{3,4})\Z")
+_IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
 
 
 # ---------------------------------------------------------------- value types
@@ -97,6 +98,22 @@ def _positive_duration(value: object) -> timedelta:
 Duration = Annotated[timedelta, BeforeValidator(_positive_duration)]
 #: "0660" or an int written in TOML octal (0o660)
 SocketMode = Annotated[int | None, BeforeValidator(parse_mode)]
+
+
+def is_function_name(name: str) -> bool:
+    """Whether a TICKscript can call ``name`` (``@name()``): an identifier."""
+    return _IDENTIFIER.match(name) is not None
+
+
+def _function_name(name: str) -> str:
+    if not is_function_name(name):
+        raise ValueError("not a valid TICKscript identifier ([A-Za-z_][A-Za-z0-9_]*)")
+    return name
+
+
+#: the key of a ``[functions.NAME]`` table. Checked as a key, with the other field
+#: errors, so one round of loading reports a bad name together with bad values.
+FunctionName = Annotated[str, AfterValidator(_function_name)]
 
 
 def normalize_distribution(name: str) -> str:

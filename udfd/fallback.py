@@ -24,9 +24,9 @@ from typing import Any
 
 from google.protobuf import json_format
 
-from .errors import InitFailed
+from .errors import HandlerDefinitionError, InitFailed
 from .handler import Edge, Handler, HandlerSpec, inspect_handler
-from .options import info_options, option_specs
+from .importer import LOAD_ERRORS, reraise_if_interrupt
 from .proto import udf_pb2 as pb
 
 log = logging.getLogger("udfd.fallback")
@@ -40,22 +40,26 @@ def neutral_info() -> pb.InfoResponse:
 def declared_info(cls: object) -> pb.InfoResponse | None:
     """Info from a handler class's declaration alone, or None when it cannot be read.
 
-    For a class that imported but failed a later check (say, ``threaded`` with
-    coroutine callbacks): its wants, provides and options are still known.
+    For a class that imported but failed a later check: its wants, provides and
+    options are still known. The Info is derived by
+    :func:`udfd.handler.inspect_handler`, the one derivation udfd has, so a
+    fallback can never differ from what the working handler would serve. Its
+    only check that does not concern the Info is "threaded handlers need plain
+    callbacks"; a class failing just that is inspected as if not threaded.
+    Every other failure means the declaration itself is unusable: no Info.
     """
     if not (isinstance(cls, type) and issubclass(cls, Handler)):
         return None
     try:
-        if cls.info_override is not None:
-            info = pb.InfoResponse()
-            info.CopyFrom(cls.info_override)
-            return info
-        return pb.InfoResponse(
-            wants=Edge(cls.wants).value,
-            provides=Edge(cls.provides).value,
-            options=info_options(option_specs(cls.options_model)),
-        )
-    except Exception:  # an unreadable declaration only means: no fallback from it
+        try:
+            return inspect_handler(cls).info
+        except HandlerDefinitionError:
+            if not cls.threaded:
+                return None
+        unthreaded = type(cls.__name__, (cls,), {"threaded": False, "__module__": cls.__module__})
+        return inspect_handler(unthreaded).info
+    except LOAD_ERRORS as exc:  # an unreadable declaration only means: no fallback from it
+        reraise_if_interrupt(exc)
         return None
 
 

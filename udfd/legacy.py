@@ -20,7 +20,9 @@ thread it likes. :func:`legacy_handler` wraps such a class in a
   synchronous, and keepalives must keep flowing while it works.
 * An ``ErrorResponse`` written by the handler ends that connection with its
   message, after the output written before it; an exception does the same, as
-  under the official agent, but only that connection is affected.
+  under the official agent, but only that connection is affected. At the end
+  of input, where output and the error cannot both be delivered, the output
+  is (see :meth:`LegacyAdapter.close`).
 
 Common mistakes that the official agent let through, or that Python 3 turned
 into errors nobody noticed at migration time, are tolerated with a warning in
@@ -33,10 +35,7 @@ forwarded: Kapacitor must never see a response it did not ask for).
 
 from __future__ import annotations
 
-import importlib.util
-import itertools
 import logging
-import re
 import sys
 import threading
 from pathlib import Path
@@ -47,8 +46,15 @@ from google.protobuf.message import Message
 from .compat import UDF_PB2, install_kapacitor_shim
 from .compat import kapacitor_agent as stand_in_agent
 from .compat import kapacitor_udf_pb2 as stand_in_pb2
-from .errors import HandlerDefinitionError, InitFailed, RestoreFailed, TaskError
+from .errors import HandlerDefinitionError, InitFailed, RestoreFailed, TaskError, UdfdError
 from .handler import Context, Edge, Handler, Output
+from .importer import (
+    LOAD_ERRORS,
+    ImportFromStringError,
+    describe_load_error,
+    import_file,
+    reraise_if_interrupt,
+)
 from .proto import udf_pb2 as pb
 
 log = logging.getLogger("udfd.legacy")
@@ -66,9 +72,9 @@ _RESULT_TYPES: dict[str, type[Message]] = {
 _INPUT_TYPES = ("Point", "BeginBatch", "EndBatch", "InitRequest", "RestoreRequest")
 #: modules whose Handler base class defines the legacy callbacks (not overrides)
 _BASE_MODULES = frozenset({"kapacitor.udf.agent", stand_in_agent.__name__})
-
-_module_numbers = itertools.count(1)
-_path_lock = threading.Lock()
+#: what the official agent calls on any handler, whatever its edges; snapshot and
+#: restore are left out because the adapter tolerates their absence
+_REQUIRED_CALLBACKS = ("info", "init", "begin_batch", "point", "end_batch")
 
 
 class LegacyHandlerError(TaskError):
@@ -254,11 +260,10 @@ class LegacyAdapter(Handler[Any]):
         when nothing precedes it.
 
         So a handler that writes points and then an ``ErrorResponse`` gets its
-        points out first, and the error is raised by the next call into the
-        adapter (a flush is requested for it). Anything written after the error
-        stays buffered behind it: under the default error policy the connection
-        ends there; under ``drop`` the error is logged and counted like an
-        exception and the rest follows, still in order.
+        points out first (a callback cannot both return output and raise), and
+        the error is raised by the next call into the adapter, a flush requested
+        for it. The error is a :class:`TaskError`, which no error policy drops:
+        the connection ends there, and what was written after it is never sent.
         """
         with self._lock:
             buffer = self._buffer
@@ -333,25 +338,39 @@ class LegacyAdapter(Handler[Any]):
 
     # ---- udfd callbacks
 
+    def _confirm(self, kind: str, request: Message, failure: type[UdfdError], refused: str) -> None:
+        """Call the legacy ``init``/``restore``, whose Response says success or refusal.
+
+        Raises ``failure`` with exactly the handler's message when it refused, or
+        wrote or returned an ``ErrorResponse``; ``refused`` describes a refusal
+        without a message.
+        """
+        where = f"{self.legacy_class.__qualname__}.{kind}()"
+        try:
+            result = self._call_legacy(kind, self._to_legacy(request))
+            response, notes = _management_result(result, kind, where)
+        except _Reported as exc:
+            raise failure(str(exc)) from None
+        error = self._take_error()
+        if error is not None:
+            raise failure(error)
+        self._warn_notes(notes)
+        if response is None:
+            self._warn_once(
+                f"{kind}-none",
+                "%s() returned no %s; treated as success",
+                kind,
+                _RESULT_TYPES[kind].DESCRIPTOR.name,
+            )
+        elif not response.success:
+            raise failure(response.error or f"{where} {refused} (no error given)")
+        self._wake_if_buffered()
+
     def init(self) -> None:
         legacy = self.legacy_class(self.agent)
         self.agent.handler = legacy
         self.legacy = legacy
-        where = f"{self.legacy_class.__qualname__}.init()"
-        try:
-            result = self._call_legacy("init", self._to_legacy(self.options))
-            response, notes = _management_result(result, "init", where)
-        except _Reported as exc:
-            raise InitFailed(str(exc)) from None
-        error = self._take_error()
-        if error is not None:
-            raise InitFailed(error)
-        self._warn_notes(notes)
-        if response is None:
-            self._warn_once("init-none", "init() returned no InitResponse; treated as success")
-        elif not response.success:
-            raise InitFailed(response.error or f"{where} refused the options (no error given)")
-        self._wake_if_buffered()
+        self._confirm("init", self.options, InitFailed, "refused the options")
 
     def point(self, point: pb.Point) -> Output:
         self._ignored(self._call_legacy("point", self._to_legacy(point)), "point")
@@ -369,13 +388,40 @@ class LegacyAdapter(Handler[Any]):
         return self._drain()
 
     def close(self) -> Output:
+        """Return what the handler wrote that is still buffered when Kapacitor's input ends.
+
+        ``close`` is the last call: the engine sends what it returns, and if it
+        raises, nothing it would have returned. So for output followed by an
+        ``ErrorResponse`` (written from a thread just before the end) one of the
+        two must give way, and the output wins: the input has ended, meaning
+        Kapacitor is stopping the task anyway, so the error could not stop
+        anything, while the points are results Kapacitor still reads. The
+        output before the error is returned and the error is logged (at ERROR,
+        with its message). What follows the error is dropped, as it would be
+        mid-stream, where the error ends the connection. An error with no
+        output before it loses nothing by being raised, so it is raised: it
+        reaches Kapacitor and the function's error counters like any other.
+        """
         with self._lock:
             self._closed = True
             buffer, self._buffer = self._buffer, []
-        errors = [m.error for m in buffer if isinstance(m, _ErrorMark)]
-        if errors:  # nothing follows: the error matters more than the output
-            raise LegacyHandlerError(errors[0])
-        return cast("list[_DataMessage]", buffer) or None
+        cut = next((i for i, m in enumerate(buffer) if isinstance(m, _ErrorMark)), len(buffer))
+        out = cast("list[_DataMessage]", buffer[:cut])
+        if cut == len(buffer):
+            return out or None
+        error = cast("_ErrorMark", buffer[cut]).error
+        if not out:
+            raise LegacyHandlerError(error)
+        dropped = len(buffer) - cut - 1
+        self.log.error(
+            "legacy handler %s wrote an ErrorResponse as its input ended; the %d message(s) "
+            "written before it are sent, the error is only logged%s: %s",
+            self.legacy_class.__qualname__,
+            len(out),
+            f" and the {dropped} written after it dropped" if dropped else "",
+            error,
+        )
+        return out
 
     def snapshot(self) -> bytes:
         if not self.has_snapshot:
@@ -411,22 +457,7 @@ class LegacyAdapter(Handler[Any]):
         if not self.has_restore:
             self._warn_once("no-restore", "has no restore(); the snapshot is ignored")
             return
-        where = f"{self.legacy_class.__qualname__}.restore()"
-        request = self._to_legacy(pb.RestoreRequest(snapshot=data))
-        try:
-            result = self._call_legacy("restore", request)
-            response, notes = _management_result(result, "restore", where)
-        except _Reported as exc:
-            raise RestoreFailed(str(exc)) from None
-        error = self._take_error()
-        if error is not None:
-            raise RestoreFailed(error)
-        self._warn_notes(notes)
-        if response is None:
-            self._warn_once("restore-none", "restore() returned no RestoreResponse; success")
-        elif not response.success:
-            raise RestoreFailed(response.error or f"{where} failed (no error given)")
-        self._wake_if_buffered()
+        self._confirm("restore", pb.RestoreRequest(snapshot=data), RestoreFailed, "failed")
 
 
 # ------------------------------------------------------------------ building adapters
@@ -441,12 +472,24 @@ def _overrides(cls: type[Any], name: str) -> bool:
 
 
 def is_legacy_handler_class(obj: object) -> bool:
-    """True for a class written for the official agent (for the plugin loader to route)."""
+    """True for a class written for the official agent: the plugin loader serves it adapted.
+
+    The one test of "legacy" in udfd. A class qualifies when it subclasses the
+    agent's ``Handler`` (the official one or udfd's stand-in), or, since the
+    official agent never required that base, when it defines every callback
+    the agent calls on any handler (``info``, ``init``, ``begin_batch``,
+    ``point``, ``end_batch``). Having ``info`` and ``init`` alone is not
+    enough: unrelated classes have those, and would be reported as broken
+    legacy handlers instead of as what they are. A :class:`udfd.Handler` never
+    qualifies.
+    """
     if not isinstance(obj, type) or issubclass(obj, Handler):
         return False
-    return any(
+    if any(
         klass.__name__ == "Handler" and klass.__module__ in _BASE_MODULES for klass in obj.__mro__
-    )
+    ):
+        return True
+    return all(callable(getattr(obj, name, None)) for name in _REQUIRED_CALLBACKS)
 
 
 def legacy_info(legacy_cls: type[Any], name: str = "") -> pb.InfoResponse:
@@ -460,17 +503,19 @@ def legacy_info(legacy_cls: type[Any], name: str = "") -> pb.InfoResponse:
     where = f"{label}: info()"
     try:
         instance = legacy_cls(_LoadTimeAgent(label))
-    except Exception as exc:
+    except LOAD_ERRORS as exc:  # sys.exit() in a ported script fails this handler only
+        reraise_if_interrupt(exc)
         raise HandlerDefinitionError(
-            f"{label}: creating the handler with an agent failed: {type(exc).__name__}: {exc}"
+            f"{label}: creating the handler with an agent failed: {describe_load_error(exc)}"
         ) from exc
     try:
         result = instance.info()
         info, notes = _management_result(result, "info", where)
     except _Reported as exc:
         raise HandlerDefinitionError(f"{where} returned an error: {exc}") from None
-    except Exception as exc:
-        raise HandlerDefinitionError(f"{where} failed: {type(exc).__name__}: {exc}") from exc
+    except LOAD_ERRORS as exc:
+        reraise_if_interrupt(exc)
+        raise HandlerDefinitionError(f"{where} failed: {describe_load_error(exc)}") from exc
     for note in notes:
         log.warning("legacy handler %s: %s", label, note)
     if info is None:
@@ -509,13 +554,18 @@ def _legacy_types(legacy_cls: type[Any]) -> dict[str, type[Message]]:
 def legacy_handler(legacy_cls: type[Any], name: str = "") -> type[LegacyAdapter]:
     """Wrap a legacy handler class as a :class:`udfd.Handler` subclass.
 
-    Calls :func:`legacy_info` (handler code: keep it off the event loop).
+    Installs the ``kapacitor.udf`` stand-ins (unless the official package is
+    importable): a class can be legacy without its module importing
+    ``kapacitor.udf`` at the top (a duck-typed handler that imports ``udf_pb2``
+    inside its callbacks), and its callbacks will need them. Calls
+    :func:`legacy_info` (handler code: keep it off the event loop).
     """
     label = name or getattr(legacy_cls, "__qualname__", repr(legacy_cls))
     if not isinstance(legacy_cls, type):
         raise HandlerDefinitionError(f"{label}: not a class")
     if issubclass(legacy_cls, Handler):
         raise HandlerDefinitionError(f"{label}: already a udfd.Handler; serve it directly")
+    install_kapacitor_shim()
     info = legacy_info(legacy_cls, label)
     attrs: dict[str, Any] = {
         "__module__": legacy_cls.__module__,
@@ -536,46 +586,23 @@ def legacy_handler(legacy_cls: type[Any], name: str = "") -> type[LegacyAdapter]
 # ------------------------------------------------------------------ loading files
 
 
-def _add_search_path(directory: Path) -> None:
-    """Let the file import modules next to it, as it could when run as a script.
-
-    Appended, not prepended: a stray ``json.py`` next to a UDF must not shadow
-    the standard library for the whole daemon.
-    """
-    entry = str(directory)
-    with _path_lock:
-        if entry not in sys.path:
-            sys.path.append(entry)
-
-
 def load_legacy_file(path: Path, class_name: str) -> type[Any]:
     """Import a legacy UDF file by path and return its handler class.
 
     Installs the ``kapacitor.udf`` stand-ins first (unless the official package
-    is importable). The module gets a unique name that is not ``__main__``, so
-    the file's ``if __name__ == "__main__":`` block (which would start the
-    official agent) does not run. Runs the file's top-level code: call it off
-    the event loop. Raises :class:`HandlerDefinitionError`.
+    is importable), then imports the file as any file reference is imported
+    (:func:`udfd.importer.import_file`: once per path, under a name that is not
+    ``__main__``, so the block that would start the official agent does not
+    run), with the file's directory appended to ``sys.path`` so it can import
+    its neighbours as it could when run as a script. Runs the file's top-level
+    code: call it off the event loop. Raises :class:`HandlerDefinitionError`.
     """
     path = Path(path).absolute()
-    if not path.is_file():
-        raise HandlerDefinitionError(f"{path}: no such file")
     install_kapacitor_shim()
-    stem = re.sub(r"\W", "_", path.stem)
-    module_name = f"udfd_legacy_{stem}_{next(_module_numbers)}"
-    spec = importlib.util.spec_from_file_location(module_name, path)
-    if spec is None or spec.loader is None:
-        raise HandlerDefinitionError(f"{path}: cannot be imported as a Python module")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[module_name] = module
-    _add_search_path(path.parent)
     try:
-        spec.loader.exec_module(module)
-    except (Exception, SystemExit) as exc:
-        del sys.modules[module_name]
-        raise HandlerDefinitionError(
-            f"{path}: importing it failed: {type(exc).__name__}: {exc}"
-        ) from exc
+        module = import_file(path, search_path=True)
+    except ImportFromStringError as exc:
+        raise HandlerDefinitionError(str(exc)) from exc.__cause__
     cls: object = module
     for part in class_name.split("."):  # a nested class may be named "Outer.Inner"
         cls = getattr(cls, part, None)
@@ -583,7 +610,7 @@ def load_legacy_file(path: Path, class_name: str) -> type[Any]:
         found = sorted(
             k
             for k, v in vars(module).items()
-            if is_legacy_handler_class(v) and v.__module__ == module_name
+            if is_legacy_handler_class(v) and v.__module__ == module.__name__
         )
         hint = f"; handler classes in it: {', '.join(found)}" if found else ""
         raise HandlerDefinitionError(f"{path}: defines no class {class_name!r}{hint}")

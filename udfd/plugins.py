@@ -29,16 +29,28 @@ from typing import Any, Literal, cast
 
 import pydantic
 
+from .compat import install_kapacitor_shim, shim_installed
 from .config import Function, normalize_distribution
 from .errors import HandlerDefinitionError, UdfdError
 from .fallback import InfoStore, declared_info, neutral_info, placeholder_spec
 from .handler import Handler, HandlerSpec, inspect_handler
-from .importer import ImportFromStringError, get_attribute, import_file, import_module, split_target
+from .importer import (
+    LOAD_ERRORS,
+    ImportFromStringError,
+    describe_load_error,
+    get_attribute,
+    import_file,
+    import_module,
+    reraise_if_interrupt,
+    split_target,
+)
 from .proto import udf_pb2 as pb
 
 log = logging.getLogger("udfd.plugins")
 
 GROUP = "udfd.handlers"
+#: a file written for the official agent: imported with the stand-ins in place and
+#: its directory on sys.path, as it ran as a script (see udfd.legacy.load_legacy_file)
 _LEGACY_SOURCE = re.compile(r"^\s*(from|import)\s+kapacitor\.udf", re.MULTILINE)
 
 
@@ -89,40 +101,48 @@ def discover(*, autoload: bool = True) -> tuple[InstalledHandler, ...]:
 # ---------------------------------------------------------------- importing
 
 
+def _is_legacy(obj: object) -> bool:
+    """:func:`udfd.legacy.is_legacy_handler_class`, importing udfd.legacy only for a
+    class that is not a udfd handler (udfd handlers never pay for the adapter)."""
+    if not isinstance(obj, type) or issubclass(obj, Handler):
+        return False
+    from .legacy import is_legacy_handler_class
+
+    return is_legacy_handler_class(obj)
+
+
 def _get_class(module: types.ModuleType, attr: str, where: str) -> object:
     """The class ``attr``; when missing, name the handler classes the module does define."""
     if hasattr(module, attr.partition(".")[0]):
         return get_attribute(module, attr, where)
     handlers = sorted(
         n for n, v in vars(module).items()
-        if isinstance(v, type) and (issubclass(v, Handler) or _looks_legacy(v))
+        if isinstance(v, type) and (issubclass(v, Handler) or _is_legacy(v))
         and v.__module__ == module.__name__
     )  # fmt: skip
     hint = f" (it defines: {', '.join(handlers)})" if handlers else ""
     return get_attribute(module, attr, where, hint=hint)
 
 
-def _looks_legacy(obj: object) -> bool:
-    """A class written for Kapacitor's own Python agent: ``info`` and ``init``, no udfd base."""
-    return (
-        isinstance(obj, type)
-        and not issubclass(obj, Handler)
-        and callable(getattr(obj, "info", None))
-        and callable(getattr(obj, "init", None))
-    )
-
-
 def _import_handler_module(name: str) -> types.ModuleType:
-    """Import a handler module; one written for Kapacitor's agent gets udfd's stand-in."""
+    """Import a handler module; one written for Kapacitor's agent gets udfd's stand-in.
+
+    The stand-ins are installed only once a ``kapacitor.udf...`` import fails
+    (then the import is retried once), not up front: a process-wide fake
+    ``kapacitor`` package would mislead any plugin that checks whether the real
+    one is installed. The missing name is ``kapacitor`` when no such package
+    exists and ``kapacitor.udf`` when an unrelated ``kapacitor`` package does;
+    the shim covers both.
+    """
     try:
         return import_module(name)
     except ImportFromStringError as exc:
         cause = exc.__cause__
-        if not (isinstance(cause, ModuleNotFoundError) and (cause.name or "") == "kapacitor"):
+        missing = (cause.name or "") if isinstance(cause, ModuleNotFoundError) else ""
+        if missing.partition(".")[0] != "kapacitor" or shim_installed():
             raise
-    from .compat import install_kapacitor_shim  # only legacy handlers need it
-
-    install_kapacitor_shim()
+        if not install_kapacitor_shim():  # the official package is there: not our problem
+            raise
     return import_module(name)
 
 
@@ -243,9 +263,10 @@ def load_handler(
         )
     except PluginError:
         raise
-    except Exception as exc:
+    except LOAD_ERRORS as exc:  # even sys.exit() in plugin code fails only this handler
+        reraise_if_interrupt(exc)
         log.warning("%s: unexpected error loading handler %r", function, ref, exc_info=exc)
-        raise PluginError(f"handler {ref!r}: {type(exc).__name__}: {exc}") from exc
+        raise PluginError(f"handler {ref!r}: {describe_load_error(exc)}") from exc
 
 
 def _load_handler(
@@ -265,8 +286,8 @@ def _load_handler(
         allow=allow_distributions,
     )
     obj = found.obj
-    if _looks_legacy(obj):
-        from . import legacy  # imported only when a legacy handler is configured
+    if _is_legacy(obj):
+        from . import legacy
 
         try:
             obj = legacy.legacy_handler(cast("type[Any]", obj), function)
@@ -367,7 +388,7 @@ def _check_option_defaults(function: Function, spec: HandlerSpec) -> None:
     data = {f: function.options[key] for f, key in given.items()}
     report = given | {model.model_fields[f].alias or f: key for f, key in given.items()}
     try:
-        model.model_validate(data)
+        model.model_validate(data)  # runs the plugin's own validators
     except pydantic.ValidationError as exc:
         problems = [
             f"{where}.{report[err['loc'][0]]}: {err['msg']} (got {err['input']!r})"
@@ -376,3 +397,9 @@ def _check_option_defaults(function: Function, spec: HandlerSpec) -> None:
         ]
         if problems:
             raise PluginError("; ".join(problems), spec.info) from None
+    except LOAD_ERRORS as exc:  # a validator that raises anything else, or sys.exit()s
+        reraise_if_interrupt(exc)
+        raise PluginError(
+            f"{where}: validating the configured defaults failed: {describe_load_error(exc)}",
+            spec.info,
+        ) from exc
