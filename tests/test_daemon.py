@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import grp
 import os
 import signal
 import socket
+import stat
 import subprocess
 import sys
 import textwrap
@@ -381,3 +383,18 @@ async def test_shutdown_does_not_wait_forever_for_a_stuck_handler(daemon: Factor
     assert d.wait() == 0
     assert "abandoning 1 busy handler thread" in d.log
     assert list(d.sockets.iterdir()) == []
+
+
+def test_socket_mode_and_group_are_applied(daemon: Factory) -> None:
+    group = grp.getgrgid(os.getgid()).gr_name
+    d = daemon(
+        f'socket_group = "{group}"\n'
+        '[functions.private]\nhandler = "HANDLERS/handlers.py:Mirror"\nsocket_mode = "0600"\n'
+        '[functions.shared]\nhandler = "HANDLERS/handlers.py:Mirror"\nsocket_mode = "0660"\n'
+    )
+    d.wait_for("ready:")
+    private, shared = os.stat(d.socket("private")), os.stat(d.socket("shared"))
+    assert stat.S_IMODE(private.st_mode) == 0o600
+    assert stat.S_IMODE(shared.st_mode) == 0o660
+    assert private.st_gid == shared.st_gid == os.getgid()
+    assert d.stop() == 0
