@@ -20,6 +20,7 @@ from typing import Any, TypeAlias
 
 import pytest
 from daemon_harness import DaemonProcess
+from golden import ADSL, ADSL_CHANGES
 
 import udfd
 from udfd.client import connect
@@ -101,33 +102,6 @@ async def session(
 
 # ---------------------------------------------------------------- state_change
 
-ADSL = [
-    (1514979051065000000, "SHOWTIME"),
-    (1514979141070000000, "TRAINING"),
-    (1514979231065000000, "SHOWTIME"),
-    (1514979321060000000, "SHOWTIME"),
-    (1514979411055000000, "SHOWTIME"),
-    (1514979501050000000, "SHOWTIME"),
-    (1514979591045000000, "SHOWTIME"),
-    (1514979681040000000, "TRAINING"),
-    (1514979771035000000, "TRAINING"),
-    (1514979861030000000, "TRAINING"),
-    (1514979951025000000, "TRAINING"),
-    (1514980041020000000, "SHOWTIME"),
-    (1514980131015000000, "SHOWTIME"),
-    (1514980221010000000, "TRAINING"),
-    (1514980311005000000, "TRAINING"),
-    (1514980401000000000, "TRAINING"),
-    (1514980491000000000, "TRAINING"),
-]
-ADSL_CHANGES = [
-    (1514979051065000000, "SHOWTIME"),
-    (1514979141070000000, "TRAINING"),
-    (1514979231065000000, "SHOWTIME"),
-    (1514979681040000000, "TRAINING"),
-    (1514980041020000000, "SHOWTIME"),
-    (1514980221010000000, "TRAINING"),
-]
 DEBOUNCED = {"previous": "prev", "duration": "lasted", "durationUnit": timedelta(seconds=1)}
 
 

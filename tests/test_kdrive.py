@@ -22,6 +22,7 @@ from typing import Any
 
 import pytest
 from daemon_harness import DaemonProcess
+from golden import ADSL, ADSL_CHANGES
 
 from udfd.client import probe_info
 from udfd.proto import udf_pb2 as pb
@@ -46,35 +47,6 @@ CONFIG = """
     handler = "outliers"
 """
 FUNCTIONS = ("mirror", "moving_average", "state_change", "outliers")
-
-# 17 polls of an ADSL router (ns, state); state_change must report 6 of them
-ADSL = [
-    (1514979051065000000, "SHOWTIME"),
-    (1514979141070000000, "TRAINING"),
-    (1514979231065000000, "SHOWTIME"),
-    (1514979321060000000, "SHOWTIME"),
-    (1514979411055000000, "SHOWTIME"),
-    (1514979501050000000, "SHOWTIME"),
-    (1514979591045000000, "SHOWTIME"),
-    (1514979681040000000, "TRAINING"),
-    (1514979771035000000, "TRAINING"),
-    (1514979861030000000, "TRAINING"),
-    (1514979951025000000, "TRAINING"),
-    (1514980041020000000, "SHOWTIME"),
-    (1514980131015000000, "SHOWTIME"),
-    (1514980221010000000, "TRAINING"),
-    (1514980311005000000, "TRAINING"),
-    (1514980401000000000, "TRAINING"),
-    (1514980491000000000, "TRAINING"),
-]
-ADSL_CHANGES = [
-    (1514979051065000000, "SHOWTIME"),
-    (1514979141070000000, "TRAINING"),
-    (1514979231065000000, "SHOWTIME"),
-    (1514979681040000000, "TRAINING"),
-    (1514980041020000000, "SHOWTIME"),
-    (1514980221010000000, "TRAINING"),
-]
 
 
 @pytest.fixture(scope="module")

@@ -8,6 +8,7 @@ from datetime import timedelta
 from typing import Any
 
 import pytest
+from golden import ADSL, ADSL_CHANGES
 from udfd_handlers.state_change import StateChange, StateChangeBatch
 
 from udfd import fields, make_point
@@ -15,34 +16,6 @@ from udfd.proto import udf_pb2 as pb
 from udfd.testing import serve_handler
 
 pytestmark = pytest.mark.anyio
-
-ADSL = [
-    (1514979051065000000, "SHOWTIME"),
-    (1514979141070000000, "TRAINING"),
-    (1514979231065000000, "SHOWTIME"),
-    (1514979321060000000, "SHOWTIME"),
-    (1514979411055000000, "SHOWTIME"),
-    (1514979501050000000, "SHOWTIME"),
-    (1514979591045000000, "SHOWTIME"),
-    (1514979681040000000, "TRAINING"),
-    (1514979771035000000, "TRAINING"),
-    (1514979861030000000, "TRAINING"),
-    (1514979951025000000, "TRAINING"),
-    (1514980041020000000, "SHOWTIME"),
-    (1514980131015000000, "SHOWTIME"),
-    (1514980221010000000, "TRAINING"),
-    (1514980311005000000, "TRAINING"),
-    (1514980401000000000, "TRAINING"),
-    (1514980491000000000, "TRAINING"),
-]
-ADSL_CHANGES = [
-    (1514979051065000000, "SHOWTIME"),
-    (1514979141070000000, "TRAINING"),
-    (1514979231065000000, "SHOWTIME"),
-    (1514979681040000000, "TRAINING"),
-    (1514980041020000000, "SHOWTIME"),
-    (1514980221010000000, "TRAINING"),
-]
 
 
 def adsl_points(rows: list[tuple[int, str]] = ADSL) -> list[pb.Point]:
