@@ -23,11 +23,12 @@ import anyio
 import anyio.abc
 from anyio.abc import TaskStatus
 
-from .connection import Connection, Limits, Stats
+from .connection import Connection, Limits
 from .errors import StartupError
 from .handler import ErrorPolicy, HandlerSpec
 from .proto import udf_pb2 as pb
 from .sockets import MAX_SOCKET_PATH, bind_unix, check_socket_path, clear_stale_socket
+from .stats import Stats
 
 __all__ = ["MAX_SOCKET_PATH", "Site", "bind_unix", "check_socket_path", "clear_stale_socket"]
 

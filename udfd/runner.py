@@ -1,0 +1,488 @@
+"""The handler side of a connection: runs one handler instance and answers for it.
+
+The runner owns the handler (created at Init with validated options) and is the
+only caller of its callbacks. Data frames run in a tight loop, in a worker thread
+for ``threaded`` handlers; Init, Snapshot and Restore are always answered, with
+``success=false`` and the reason when the handler fails, because Kapacitor waits
+forever for those. Exceptions follow the function's error policy; output is
+validated (``output.OutputBuffer``) before the connection hands it to the writer.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING, Any
+
+import anyio
+import anyio.lowlevel
+import anyio.to_thread
+from google.protobuf.message import DecodeError
+
+from . import wire
+from .errors import (
+    InitFailed,
+    OutputError,
+    PointError,
+    ProtocolError,
+    RestoreFailed,
+    TaskError,
+)
+from .handler import Context, Edge, ErrorPolicy, Handler, HandlerSpec
+from .options import build_options
+from .output import OutputBuffer
+from .proto import udf_pb2 as pb
+from .stats import Stats, Tally
+
+if TYPE_CHECKING:
+    from .connection import HandlerSource, Limits
+
+log = logging.getLogger("udfd.connection")
+
+_Point = pb.Point
+_point_frame = wire.point_frame
+_decode_request = wire.decode_request
+_parse_point = pb.Point.FromString
+_POINT_HEADERS = wire.POINT_HEADERS
+#: first bytes of data frames (field tags of begin=16, point=17, end=18)
+_DATA_TAG = 0x80
+#: what handler code may raise that must end only its own connection; cancellation
+#: (a BaseException of the event loop's own) is deliberately not among them
+HANDLER_FAILURES: tuple[type[BaseException], ...] = (
+    Exception,
+    SystemExit,
+    KeyboardInterrupt,
+    GeneratorExit,
+)
+#: how long a handler's ``close`` may take after an abnormal end
+CLOSE_TIMEOUT = 2.0
+
+
+class Fatal(Exception):
+    """Ends the connection after an ErrorResponse carrying ``str(self)``."""
+
+    def __init__(self, message: str, *, protocol_error: bool = False) -> None:
+        super().__init__(message)
+        #: count it as a protocol error (the peer's fault, not the handler's)
+        self.protocol_error = protocol_error
+
+
+def protocol_fatal(exc: ProtocolError | DecodeError, *, counted: bool = False) -> Fatal:
+    return Fatal(f"udfd: protocol error: {exc}", protocol_error=not counted)
+
+
+class _RateLimitedLog:
+    """Logs the first of a kind at once, then at most once per interval with a count."""
+
+    __slots__ = ("_interval", "_last", "_logger", "_suppressed")
+
+    def __init__(
+        self, logger: logging.LoggerAdapter[logging.Logger], interval: float = 10.0
+    ) -> None:
+        self._logger = logger
+        self._interval = interval
+        self._last = -math.inf
+        self._suppressed = 0
+
+    def __call__(self, level: int, msg: str, *args: object, exc_info: bool = False) -> None:
+        now = time.monotonic()
+        if now - self._last < self._interval:
+            self._suppressed += 1
+            return
+        if self._suppressed:
+            msg += f" ({self._suppressed} similar messages suppressed)"
+            self._suppressed = 0
+        self._last = now
+        self._logger.log(level, msg, *args, exc_info=exc_info)
+
+
+class Runner:
+    """Runs one connection's handler; the connection feeds it chunks of frames."""
+
+    def __init__(
+        self,
+        source: HandlerSource,
+        *,
+        function: str,
+        defaults: Mapping[str, Any],
+        error_policy: ErrorPolicy,
+        limits: Limits,
+        stats: Stats,
+        request_flush: Callable[[], None],
+    ) -> None:
+        self._source = source
+        self._function = function
+        self._defaults = dict(defaults)
+        self._policy = error_policy
+        self._limits = limits
+        self._stats = stats
+        self._request_flush = request_flush
+        self.tally = Tally()
+        self.out = OutputBuffer(provides_batch=False)
+        self.flush_requested = False
+        self._handler: Handler[Any] | None = None
+        self._spec: HandlerSpec | None = None  # set once loaded
+        self._wants_batch = False
+        self._in_batch = False  # input framing
+        self._task_id = ""
+        self._node_id = ""
+        self.log: logging.LoggerAdapter[logging.Logger] = logging.LoggerAdapter(
+            log, {"function": function}
+        )
+        self._drop_log = _RateLimitedLog(self.log)
+
+    @property
+    def loaded(self) -> bool:
+        return self._spec is not None
+
+    @property
+    def handler(self) -> Handler[Any] | None:
+        return self._handler
+
+    def take_handler(self) -> Handler[Any] | None:
+        """Hand over the handler for its final ``close`` (it gets no more callbacks)."""
+        handler, self._handler = self._handler, None
+        return handler
+
+    async def load(self) -> HandlerSpec:
+        """Wait for the function's handler: the socket may be served before it is imported."""
+        source = self._source
+        await source.wait_loaded()
+        spec = source.spec
+        if spec is None:  # a source must provide a spec once loaded
+            raise RuntimeError(f"{self._function}: handler source loaded without a spec")
+        self._spec = spec
+        if not self._function:
+            self._function = spec.name
+        self.out = OutputBuffer(provides_batch=spec.provides is Edge.BATCH)
+        self._wants_batch = spec.wants is Edge.BATCH
+        return spec
+
+    async def process_chunk(self, frames: list[bytes]) -> None:
+        spec = self._spec
+        assert spec is not None
+        i = 0
+        n = len(frames)
+        threaded = spec.threaded
+        is_async = bool(spec.is_async & {"point", "begin_batch", "end_batch"})
+        step = self._limits.slice_frames
+        try:
+            while i < n:
+                first = frames[i][0] if frames[i] else 0
+                if first >= _DATA_TAG and self._handler is not None:
+                    stop = min(n, i + step)
+                    if is_async:
+                        i = await self._data_async(frames, i, stop)
+                    elif threaded:
+                        i = await anyio.to_thread.run_sync(
+                            self._data_sync, frames, i, stop, abandon_on_cancel=True
+                        )
+                    else:
+                        i = self._data_sync(frames, i, stop)
+                        await anyio.lowlevel.checkpoint()
+                else:
+                    await self._manage(frames[i])
+                    i += 1
+        finally:
+            self.merge_tally()
+
+    def _data_sync(self, frames: list[bytes], start: int, stop: int) -> int:
+        """Handle data frames from ``start`` up to ``stop`` or the next management frame.
+
+        The hot loop: one parse, one callback and one serialization per point,
+        with the canonical point encoding decoded and encoded inline (a function
+        call per point is a measurable share of the budget). Returns the index of
+        the first frame it did not handle. May run in a worker thread: it touches
+        only this connection's state.
+        """
+        handler = self._handler
+        assert handler is not None
+        on_point = handler.point
+        out = self.out
+        append = out.frames.append
+        add = out.add
+        stream_out = not out.provides_batch
+        check_batch = self._wants_batch
+        parse_point = _parse_point
+        headers = _POINT_HEADERS
+        i = start
+        points = points_out = 0
+        kind = wire.POINT
+        msg: Any = None
+        try:
+            while i < stop:
+                frame = frames[i]
+                size = len(frame)
+                if (
+                    size > 3
+                    and frame[0] == 0x8A
+                    and frame[1] == 1
+                    and frame[2] < 0x80
+                    and frame[2] + 3 == size
+                ):
+                    kind, msg = wire.POINT, parse_point(frame[3:])
+                elif not frame or frame[0] < _DATA_TAG:
+                    break
+                else:
+                    kind, msg = _decode_request(frame)
+                i += 1
+                try:
+                    if kind == wire.POINT:
+                        if check_batch and not self._in_batch:
+                            raise ProtocolError("point outside a batch for a batch handler")
+                        points += 1
+                        result = on_point(msg)
+                        if result is None:
+                            continue
+                        if type(result) is _Point and stream_out:
+                            body = result.SerializeToString()
+                            if len(body) < 0x80:
+                                append(headers[len(body)] + body)
+                            else:
+                                append(_point_frame(result))
+                            points_out += 1
+                            continue
+                        add(result)
+                    else:
+                        add(self._batch_edge(handler, kind, msg))
+                except (ProtocolError, OutputError, Fatal):
+                    raise
+                except HANDLER_FAILURES as exc:
+                    self._handler_exception(exc, kind, msg)
+        except (ProtocolError, DecodeError) as exc:
+            raise protocol_fatal(exc) from None
+        except OutputError as exc:
+            raise Fatal(f"{self._function}: invalid handler output: {exc}") from None
+        finally:
+            self.tally.points_in += points
+            out.points += points_out
+        return i
+
+    async def _data_async(self, frames: list[bytes], start: int, stop: int) -> int:
+        """The same as :meth:`_data_sync` for coroutine callbacks (one frame at a time)."""
+        handler = self._handler
+        assert handler is not None
+        i = start
+        while i < stop:
+            frame = frames[i]
+            if not frame or frame[0] < _DATA_TAG:
+                break
+            i += 1
+            try:
+                kind, msg = _decode_request(frame)
+            except ProtocolError as exc:
+                raise protocol_fatal(exc) from None
+            try:
+                if kind == wire.POINT:
+                    if self._wants_batch and not self._in_batch:
+                        raise ProtocolError("point outside a batch for a batch handler")
+                    self.tally.points_in += 1
+                    result: Any = handler.point(msg)  # type: ignore[arg-type]
+                else:
+                    result = self._batch_edge(handler, kind, msg)
+                if hasattr(result, "__await__"):
+                    result = await result
+                self.out.add(result)
+            except ProtocolError as exc:
+                raise protocol_fatal(exc) from None
+            except OutputError as exc:
+                raise Fatal(f"{self._function}: invalid handler output: {exc}") from None
+            except Fatal:
+                raise
+            except HANDLER_FAILURES as exc:
+                self._handler_exception(exc, kind, msg)
+        return i
+
+    def _batch_edge(self, handler: Handler[Any], kind: int, msg: object) -> Any:
+        if kind == wire.BEGIN:
+            if not self._wants_batch:
+                raise ProtocolError("BeginBatch sent to a stream handler")
+            if self._in_batch:
+                raise ProtocolError("BeginBatch inside an open batch")
+            self._in_batch = True
+            self.tally.batches_in += 1
+            return handler.begin_batch(msg)  # type: ignore[arg-type]
+        if kind == wire.END:
+            if not self._in_batch:
+                raise ProtocolError("EndBatch without BeginBatch")
+            self._in_batch = False
+            return handler.end_batch(msg)  # type: ignore[arg-type]
+        raise ProtocolError(f"unexpected {wire.KIND_NAMES.get(kind, kind)} request among data")
+
+    def _handler_exception(self, exc: BaseException, kind: int, msg: object) -> None:
+        """Apply the error policy; raises ``Fatal`` to end the connection.
+
+        May run in a worker thread: it counts into the connection's tally and
+        logs; ``last_error`` is a single attribute store.
+        """
+        what = wire.KIND_NAMES.get(kind, "data")
+        group = getattr(msg, "group", "")
+        context = f"task={self._task_id or '?'} node={self._node_id or '?'} group={group!r}"
+        if isinstance(exc, PointError):
+            self.tally.dropped += 1
+            self._drop_log(logging.INFO, "dropped %s (%s): %s", what, context, exc)
+            return
+        self.tally.handler_errors += 1
+        if isinstance(exc, TaskError):
+            self.log.error("handler stopped the task on %s (%s): %s", what, context, exc)
+            raise Fatal(str(exc))
+        text = f"{type(exc).__name__}: {exc}"
+        if self._policy is ErrorPolicy.DROP and isinstance(exc, Exception):
+            self.tally.dropped += 1
+            self._stats.last_error = text
+            self._stats.last_error_time = time.time()
+            self._drop_log(
+                logging.ERROR,
+                "handler failed on %s (%s), dropped: %s",
+                what,
+                context,
+                text,
+                exc_info=True,
+            )
+            return
+        self.log.error("handler failed on %s (%s): %s", what, context, text, exc_info=exc)
+        raise Fatal(f"{self._function}: {text}")
+
+    async def call_for_output(self, fn: Callable[[], Any]) -> None:
+        """Run a callback whose result is output, honouring async/threaded and the policy."""
+        try:
+            self.out.add(await self._call(fn))
+        except OutputError as exc:
+            raise Fatal(f"{self._function}: invalid handler output: {exc}") from None
+        except Fatal:
+            raise
+        except HANDLER_FAILURES as exc:
+            self._handler_exception(exc, 0, None)
+
+    async def _call(self, fn: Callable[..., Any], *args: Any) -> Any:
+        spec = self._spec
+        if spec is not None and spec.threaded:
+            return await anyio.to_thread.run_sync(fn, *args, abandon_on_cancel=True)
+        result = fn(*args)
+        if hasattr(result, "__await__"):
+            result = await result
+        return result
+
+    # ------------------------------------------------------------ management
+
+    async def close_quietly(self) -> None:
+        """Give the handler its ``close`` after an abnormal end; output is discarded."""
+        handler, self._handler = self._handler, None
+        if handler is None:
+            return
+        with anyio.move_on_after(CLOSE_TIMEOUT):
+            try:
+                await self._call(handler.close)
+            except HANDLER_FAILURES:
+                self.log.exception("handler close failed")
+
+    def merge_tally(self) -> None:
+        """Add what worker threads counted to the shared stats (on the loop thread)."""
+        self.tally.merge_into(self._stats)
+
+    # ------------------------------------------------------------ management
+
+    async def _manage(self, frame: bytes) -> None:
+        try:
+            kind, msg = _decode_request(frame)
+        except ProtocolError as exc:
+            raise protocol_fatal(exc) from None
+        if kind == wire.INIT:
+            await self._init(msg)  # type: ignore[arg-type]
+        elif kind == wire.SNAPSHOT:
+            await self._snapshot()
+        elif kind == wire.RESTORE:
+            await self._restore(msg)  # type: ignore[arg-type]
+        elif kind in (wire.POINT, wire.BEGIN, wire.END):
+            raise Fatal(f"udfd: protocol error: {wire.KIND_NAMES[kind]} before a successful Init")
+        elif kind == wire.INFO:  # sent before any Info was known, or oddly encoded
+            assert self._spec is not None
+            self.out.frames.append(wire.info_frame(self._spec.info))
+        elif kind == wire.KEEPALIVE:
+            self.out.frames.append(wire.keepalive_frame(msg.time))  # type: ignore[attr-defined]
+
+    async def _init(self, request: pb.InitRequest) -> None:
+        self._task_id, self._node_id = request.taskID, request.nodeID
+        self.log = logging.LoggerAdapter(
+            log, {"function": self._function, "task": self._task_id, "node": self._node_id}
+        )
+        self._drop_log = _RateLimitedLog(self.log)
+        answer = self.out.frames.append
+        if self._handler is not None:
+            answer(wire.init_frame(False, "udfd: Init received twice on one connection"))
+            return
+        init_error = self._source.init_error
+        if init_error is not None:
+            answer(wire.init_frame(False, init_error))
+            return
+        spec = self._spec
+        assert spec is not None
+        try:
+            if spec.cls.raw_options:
+                options: Any = request
+            else:
+                options = build_options(
+                    spec.cls.options_model, spec.options, request.options, self._defaults
+                )
+        except HANDLER_FAILURES as exc:  # OptionsError, or a user validator's own error
+            self.log.warning("Init rejected: %s", exc)
+            answer(wire.init_frame(False, f"{self._function}: {exc}"))
+            return
+        context = Context(
+            self._function, self._task_id, self._node_id, self.log, self._request_flush
+        )
+        try:
+            handler = spec.cls(options, context)
+            await self._call(handler.init)
+        except InitFailed as exc:
+            self.log.warning("handler refused Init: %s", exc)
+            answer(wire.init_frame(False, str(exc)))
+            return
+        except HANDLER_FAILURES as exc:
+            self.log.error("handler init failed: %s", exc, exc_info=exc)
+            answer(
+                wire.init_frame(
+                    False, f"{self._function}: init failed: {type(exc).__name__}: {exc}"
+                )
+            )
+            return
+        self._handler = handler
+        answer(wire.init_frame(True))
+
+    async def _snapshot(self) -> None:
+        handler = self._handler
+        if handler is None:
+            self.out.frames.append(wire.snapshot_frame(b""))
+            return
+        try:
+            data = await self._call(handler.snapshot)
+            if isinstance(data, str):
+                data = data.encode()
+            if not isinstance(data, (bytes, bytearray, memoryview)):
+                raise TypeError(f"snapshot returned {type(data).__name__}, not bytes")
+        except HANDLER_FAILURES as exc:
+            # always answer: Kapacitor waits forever for a snapshot response
+            self.out.frames.append(wire.snapshot_frame(b""))
+            self._handler_exception(exc, wire.SNAPSHOT, None)
+            return
+        self.out.frames.append(wire.snapshot_frame(bytes(data)))
+
+    async def _restore(self, request: pb.RestoreRequest) -> None:
+        handler = self._handler
+        answer = self.out.frames.append
+        if handler is None:
+            answer(wire.restore_frame(False, "udfd: Restore before a successful Init"))
+            return
+        try:
+            await self._call(handler.restore, request.snapshot)
+        except RestoreFailed as exc:
+            self.log.warning("handler refused Restore: %s", exc)
+            answer(wire.restore_frame(False, str(exc)))
+            return
+        except HANDLER_FAILURES as exc:
+            self.log.warning("restore failed: %s", exc)
+            answer(wire.restore_frame(False, f"{self._function}: restore failed: {exc}"))
+            return
+        answer(wire.restore_frame(True))
