@@ -22,6 +22,12 @@ if [ ! -x .venv/bin/python ]; then
     fi
 fi
 VENV_PY="$ROOT/.venv/bin/python"
-"$VENV_PY" -m pip install -q --disable-pip-version-check --upgrade pip >/dev/null
-"$VENV_PY" -m pip install -q --disable-pip-version-check \
-    -e ".[${UDFD_EXTRAS:-fast}]" -e plugins/udfd-handlers
+# pip's chatter goes to a log, shown only when an install fails
+PIP_LOG="$ROOT/.venv/pip-install.log"
+if ! { "$VENV_PY" -m pip install -q --disable-pip-version-check --upgrade pip &&
+       "$VENV_PY" -m pip install -q --disable-pip-version-check \
+           -e ".[${UDFD_EXTRAS:-fast}]" -e plugins/udfd-handlers; } >"$PIP_LOG" 2>&1; then
+    cat "$PIP_LOG" >&2
+    echo "installing udfd into .venv failed (log above, also in $PIP_LOG)" >&2
+    exit 1
+fi
