@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import grp
+import json
 import os
 import signal
 import socket
@@ -141,7 +142,18 @@ async def test_broken_plugins_fail_alone(daemon: Factory) -> None:
         assert (await client.init()).success
         await client.send_points(pts(10))
         assert len(await client.finish()) == 10
+    # every socket answers Info, yet `check` reports what failed to load, and why
+    check = _cli("check", "--config", str(d.config))
+    assert check.returncode == 1
+    lines = dict(line.split(": ", 1) for line in check.stdout.splitlines())
+    assert lines["ok   good"].endswith("(stream->stream)")
+    assert lines["FAIL broken"].startswith("handler failed to load: broken: ")
+    assert "udfd_missing_dependency" in lines["FAIL broken"]
+    assert set(lines) == {"ok   good", "FAIL broken", "FAIL contract", "FAIL missing"}
+    status = d.dir / "state" / "status.json"
+    assert json.loads(status.read_text())["ready"] is True
     assert d.stop() == 0
+    assert not status.exists()  # a stopped daemon leaves no status behind
 
 
 def _fake_distribution(root: Path, name: str, module: str, entry: str) -> None:
@@ -322,6 +334,10 @@ async def test_slow_imports_delay_nothing_kapacitor_waits_for(
     early = await probe_info(second.socket("slow"))
     assert early == info
     assert "slow: serving" not in second.log
+    check = await anyio.to_thread.run_sync(_cli, "check", "--config", str(second.config))
+    assert check.returncode == 1
+    assert "FAIL slow: " in check.stdout
+    assert "handler still loading" in check.stdout
     gate.touch()
     second.wait_for("ready: 2 function(s) ready")
     assert second.stop() == 0
@@ -351,6 +367,19 @@ def test_check_and_kapacitor_conf_follow_the_config(daemon: Factory) -> None:
     down = _cli("check", "--config", str(d.config), "--timeout", "2")
     assert down.returncode == 1
     assert down.stdout.count("FAIL") == 3
+
+
+def test_check_with_nothing_to_check_fails(workdir: Path) -> None:
+    result = _cli(
+        "check",
+        env={
+            "UDFD_DISABLE_PLUGIN_AUTOLOAD": "1",
+            "UDFD_SOCKET_DIR": str(workdir / "s"),
+            "UDFD_STATE_DIR": str(workdir / "state"),
+        },
+    )
+    assert result.returncode == 1
+    assert "nothing to check" in result.stdout
 
 
 def test_list_shows_installed_handlers_with_options() -> None:

@@ -6,10 +6,11 @@ configuration from a transient failure:
 
 =====  ==========================================================
 0      success
-1      ``check``: at least one function did not answer Info
+1      ``check``: a function did not answer Info, failed to load or is loading
 2      usage error (bad arguments)
 3      configuration error (the message names the key)
 4      start-up failure (a socket owned by another process, ...)
+130    ``serve`` forced to exit by a second SIGINT
 =====  ==========================================================
 """
 
@@ -93,7 +94,11 @@ def build_parser() -> argparse.ArgumentParser:
     check = sub.add_parser(
         "check",
         help="probe every configured socket with Info (exit 0/1; for HEALTHCHECK)",
-        description="Connects to each function's socket, as Kapacitor does at start-up.",
+        description=(
+            "Connects to each function's socket, as Kapacitor does at start-up, and reads "
+            "the daemon's status file: a function whose handler failed to load, or is "
+            "still loading, fails the check too."
+        ),
     )
     _add_config(check)
     check.add_argument("--timeout", type=float, default=5.0, help="seconds per socket")
@@ -200,11 +205,20 @@ def cmd_list(args: argparse.Namespace) -> int:
 
 
 def cmd_check(args: argparse.Namespace) -> int:
+    """Info on every socket, as Kapacitor asks at start-up, plus the daemon's own view.
+
+    A function whose handler failed to load still answers Info (so Kapacitor can
+    start), so the socket probe alone would call it healthy: the daemon's status
+    file says which functions failed or are still loading.
+    """
     from .client import probe_info
     from .plugins import discover
+    from .status import STATUS_FILE, read_status
 
     config = _load(args)
     functions = resolve_functions(config, discover(autoload=not config.disable_plugin_autoload))
+    status = read_status(config.state_dir / STATUS_FILE)
+    known = {f["name"]: f for f in status["functions"]} if status else {}
 
     async def probe_all() -> list[tuple[str, str, str]]:
         results: list[tuple[str, str, str]] = []
@@ -212,21 +226,29 @@ def cmd_check(args: argparse.Namespace) -> int:
             try:
                 with anyio.fail_after(args.timeout):
                     info = await probe_info(fn.socket, reply_timeout=args.timeout)
-            except (OSError, TimeoutError, Exception) as exc:
+            except Exception as exc:
                 results.append((fn.name, "FAIL", f"{fn.socket}: {type(exc).__name__}: {exc}"))
-            else:
-                edges = f"{_edge(info.wants)}->{_edge(info.provides)}"
-                results.append((fn.name, "ok", f"{fn.socket} ({edges})"))
+                continue
+            edges = f"{_edge(info.wants)}->{_edge(info.provides)}"
+            state = known.get(fn.name)
+            if state is not None and state.get("socket") == str(fn.socket):
+                if state.get("state") == "failed":
+                    results.append((fn.name, "FAIL", f"handler failed to load: {state['error']}"))
+                    continue
+                if state.get("state") == "loading":
+                    results.append((fn.name, "FAIL", f"{fn.socket}: handler still loading"))
+                    continue
+            results.append((fn.name, "ok", f"{fn.socket} ({edges})"))
         return results
 
     results = anyio.run(probe_all)
-    failed = [r for r in results if r[1] != "ok"]
-    for name, status, detail in results:
-        if status != "ok" or not args.quiet:
-            print(f"{status:<4} {name}: {detail}")
+    for name, outcome, detail in results:
+        if outcome != "ok" or not args.quiet:
+            print(f"{outcome:<4} {name}: {detail}")
     if not results:
-        print("no functions configured")
-    return EXIT_CHECK_FAILED if failed else EXIT_OK
+        print("no functions configured: nothing to check")
+        return EXIT_CHECK_FAILED
+    return EXIT_CHECK_FAILED if any(r[1] != "ok" for r in results) else EXIT_OK
 
 
 def _edge(value: int) -> str:

@@ -6,9 +6,9 @@ UDF socket answers Info, and retries a missing socket only with back-off, so:
 1. read entry-point metadata and resolve the functions (cheap, no imports);
 2. bind every socket (stale ones removed, foreign ones refused) — Kapacitor can
    connect from here on; connections wait for their handler;
-3. import each handler in a worker thread, one function at a time; a handler that
-   fails marks only its own function failed (Info still answered, Init fails);
-4. report ready (log line, systemd ``READY=1``).
+3. import the handlers concurrently in worker threads; a handler that fails marks
+   only its own function failed (Info still answered, Init fails);
+4. report ready (log line, systemd ``READY=1``, ``<state_dir>/status.json``).
 
 Shutdown (SIGTERM/SIGINT): stop accepting, give open connections the grace
 period to finish (Kapacitor half-closes when it stops a task), cancel what is
@@ -37,8 +37,12 @@ from .fallback import InfoStore
 from .plugins import Failed, InstalledHandler, discover, load_function
 from .site import Site
 from .sockets import bind_unix
+from .status import STATUS_FILE, remove_status, write_status
 
 log = logging.getLogger("udfd.daemon")
+
+#: seconds between refreshes of the status file's counters
+STATUS_INTERVAL = 10.0
 
 
 @dataclass
@@ -82,8 +86,28 @@ class Daemon:
         self._stop = anyio.Event()
         self.forced = False
         self._installed: tuple[InstalledHandler, ...] = ()
+        self._status_path = config.state_dir / STATUS_FILE
+        self._publishing: anyio.CancelScope | None = None
+        self._publish_lock: anyio.Lock | None = None
         self._resolved: tuple[Function, ...] = ()
         self._bound: list[tuple[Function, socket.socket]] | None = None
+
+    async def _publish(self) -> None:
+        """Write the status file (off the event loop: it is disk I/O).
+
+        One write at a time, each taking the state when it starts: concurrent
+        loads must not let an older snapshot land after a newer one.
+        """
+        if self._publish_lock is None:
+            self._publish_lock = anyio.Lock()
+        async with self._publish_lock:
+            await anyio.to_thread.run_sync(write_status, self._status_path, self.status())
+
+    async def _publish_periodically(self) -> None:
+        with anyio.CancelScope() as self._publishing:
+            while True:
+                await anyio.sleep(STATUS_INTERVAL)
+                await self._publish()
 
     def request_stop(self) -> None:
         """Begin a graceful shutdown (idempotent)."""
@@ -96,6 +120,7 @@ class Daemon:
     def status(self) -> dict[str, Any]:
         return {
             "ready": self.ready.is_set(),
+            "stopping": self._stop.is_set(),
             "uptime_s": round(time.time() - self.started_at, 3),
             "functions": [f.as_dict() for f in self.functions],
         }
@@ -162,6 +187,8 @@ class Daemon:
             )
             systemd.notify(f"STATUS=loading {len(self.functions)} handler(s)")
             task_status.started(self)
+            await self._publish()
+            tg.start_soon(self._publish_periodically)
             loading = anyio.CancelScope()
             tg.start_soon(self._load_all, installed, store, loading)
             await self._stop.wait()
@@ -171,6 +198,10 @@ class Daemon:
             for fs in self.functions:
                 fs.site.stop_accepting()
             # each site drains for up to `grace`, then cancels what is left and ends
+            await self._publish()
+            if self._publishing is not None:
+                self._publishing.cancel()
+        remove_status(self._status_path)
         log.info("stopped")
 
     async def _load_all(
@@ -216,6 +247,7 @@ class Daemon:
             log.info("%s: serving %s on %s", fs.function.name, result.origin, fs.function.socket)
         if all(f.state != "loading" for f in self.functions):
             self._report_ready()
+        await self._publish()
 
     def _report_ready(self) -> None:
         failed = sum(f.state == "failed" for f in self.functions)

@@ -1,0 +1,66 @@
+"""The daemon's state as a small JSON file, for ``udfd check`` and people.
+
+A function whose handler failed to load still answers Info (so Kapacitor starts),
+which makes a socket probe alone report it healthy. The daemon therefore writes
+what it knows — per function: loading, ready or failed, the reason, counters —
+to ``<state_dir>/status.json``, and ``udfd check`` reads it next to probing the
+sockets. The file names the daemon's pid; a file left by a daemon that is gone
+is ignored. Writes are atomic (temp file, rename), reads never raise.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger("udfd.status")
+
+STATUS_FILE = "status.json"
+
+
+def write_status(path: Path, status: dict[str, Any]) -> None:
+    """Replace the status file atomically; failures are logged, never raised."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=".status-", dir=path.parent)
+        with os.fdopen(fd, "w") as f:
+            json.dump({"pid": os.getpid(), **status}, f, indent=1)
+        os.replace(tmp, path)
+    except OSError as exc:
+        log.warning("could not write status file %s: %s", path, exc)
+
+
+def remove_status(path: Path) -> None:
+    """Remove our status file (only if it still names this process)."""
+    current = _load(path)
+    if current is not None and current.get("pid") == os.getpid():
+        try:
+            path.unlink()
+        except OSError as exc:
+            log.warning("could not remove status file %s: %s", path, exc)
+
+
+def read_status(path: Path) -> dict[str, Any] | None:
+    """The status of a running daemon, or None (no file, unreadable, daemon gone)."""
+    data = _load(path)
+    if data is None or not isinstance(data.get("pid"), int):
+        return None
+    try:
+        os.kill(data["pid"], 0)
+    except ProcessLookupError:
+        return None  # left behind by a daemon that is not running
+    except PermissionError:
+        pass  # running as another user
+    return data
+
+
+def _load(path: Path) -> dict[str, Any] | None:
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
