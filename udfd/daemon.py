@@ -193,10 +193,12 @@ class Daemon:
             tg.start_soon(self._load_all, installed, store, loading)
             await self._stop.wait()
             loading.cancel()
-            log.info("stopping: no new connections; open ones get %.1fs to finish", grace)
             systemd.notify("STOPPING=1", "STATUS=draining connections")
             for fs in self.functions:
                 fs.site.stop_accepting()
+            for fs in self.functions:
+                await fs.site.stopped_accepting.wait()
+            log.info("stopping: no new connections; open ones get %.1fs to finish", grace)
             # each site drains for up to `grace`, then cancels what is left and ends
             await self._publish()
             if self._publishing is not None:

@@ -73,6 +73,8 @@ class Site:
         self._idle = anyio.Event()
         self._idle.set()
         self._accept_errors_logged = -math.inf
+        #: set once the listening socket is closed: no new connection can arrive
+        self.stopped_accepting = anyio.Event()
 
     # ---- the HandlerSource a Connection reads
 
@@ -136,6 +138,7 @@ class Site:
                     async with listener:
                         task_status.started()
                         await self._accept_loop(listener, tg)
+                self.stopped_accepting.set()
                 with anyio.move_on_after(grace):
                     await self._idle.wait()
                 if self._connections:
@@ -151,6 +154,7 @@ class Site:
                         await self._idle.wait()
                 tg.cancel_scope.cancel()
         finally:
+            self.stopped_accepting.set()
             # a connection cancelled before its task ran still owns an open socket
             for connection in list(self._connections):
                 await connection.close_unstarted()

@@ -55,7 +55,7 @@ BeginBatch = _pb.BeginBatch
 Point = _pb.Point
 EndBatch = _pb.EndBatch
 
-#: What the proxies record when they coerce a str snapshot (read by udfd.legacy).
+#: What the proxies record when they coerce a str snapshot (read by udfd.legacy_adapter).
 SNAPSHOT_STR_NOTE = "snapshot set from a str; encoded as UTF-8 (set bytes, e.g. s.encode())"
 
 
