@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import threading
-import time
 from collections.abc import Iterable
 from datetime import timedelta
 from typing import Any
@@ -758,20 +757,62 @@ async def test_a_peer_that_never_reads_cannot_grow_our_memory() -> None:
     assert read < len(flood) // 4
 
 
-class SlowThreaded(udfd.Handler[udfd.NoOptions]):
+GATE = threading.Event()
+
+
+class Gated(udfd.Handler[udfd.NoOptions]):
+    """Threaded; every point waits until the test opens the gate."""
+
     threaded = True
 
     def point(self, point: udfd.Point) -> udfd.Output:
-        time.sleep(0.001)
+        GATE.wait(30)
         return point
 
 
 async def test_keepalive_is_not_queued_behind_a_backlog() -> None:
-    async with serve_handler(SlowThreaded) as site, connect(site.path) as client:
+    GATE.clear()
+    async with serve_handler(Gated) as site, connect(site.path) as client:
         await started(client)
-        await client.send_points(points(1500))  # ~1.5 s of handler work
+        await client.send_points(points(1500))  # queued: the handler cannot take any yet
         latency = await client.keepalive()
-        backlog = 1500 - len(client.output)
-        assert backlog > 0  # answered while the handler still had work queued
-        await client.finish()
-    print(f"\nkeepalive behind a backlog of {backlog} points: {latency * 1e3:.1f} ms")
+        # answered while all 1500 points were still waiting for the handler
+        assert client.output == []
+        GATE.set()
+        assert len(await client.finish()) == 1500
+    print(f"\nkeepalive behind a backlog of 1500 points: {latency * 1e3:.1f} ms")
+
+
+class BeginsEarly(udfd.Handler[udfd.NoOptions]):
+    """Emits its BeginBatch from begin_batch; end_batch fails on a marked batch."""
+
+    wants = udfd.Edge.BATCH
+    provides = udfd.Edge.BATCH
+
+    def begin_batch(self, begin: udfd.BeginBatch) -> udfd.Output:
+        return udfd.BeginBatch(name=begin.name)
+
+    def point(self, point: udfd.Point) -> udfd.Output:
+        return point
+
+    def end_batch(self, end: udfd.EndBatch) -> udfd.Output:
+        if end.name == "bad":
+            raise RuntimeError("cannot finish this batch")
+        return end
+
+
+async def test_a_dropped_end_batch_failure_does_not_break_the_next_batch() -> None:
+    pts = [pb.Point(time=i, fieldsDouble={"value": 1.0}) for i in range(3)]
+    async with (
+        serve_handler(BeginsEarly, error_policy="drop") as site,
+        connect(site.path) as client,
+    ):
+        await started(client)
+        await client.send_batch(pb.BeginBatch(name="bad"), pts, pb.EndBatch(name="bad"))
+        await client.send_batch(pb.BeginBatch(name="good"), pts, pb.EndBatch(name="good"))
+        out = await client.finish()
+    assert client.errors == []
+    assert [type(m) for m in out] == [pb.BeginBatch, pb.Point, pb.Point, pb.Point, pb.EndBatch]
+    assert out[0].name == "good"
+    assert out[0].size == 3
+    assert site.stats.dropped == 1

@@ -130,8 +130,18 @@ def cmd_serve(args: argparse.Namespace) -> int:
         options = {"use_uvloop": True}
     except ImportError:
         options = {}
-    anyio.run(run_until_signalled, daemon, backend_options=options)
-    code = 130 if daemon.forced else EXIT_OK
+    finished = False
+    try:
+        anyio.run(run_until_signalled, daemon, backend_options=options)
+        finished = True
+    finally:
+        # also after a crash: a stuck handler thread would keep the process alive
+        _leave_stuck_threads((130 if daemon.forced else EXIT_OK) if finished else 1)
+    return 130 if daemon.forced else EXIT_OK
+
+
+def _leave_stuck_threads(code: int) -> None:
+    """Exit at once when handler threads are stuck: they would block interpreter exit."""
     stuck = _busy_threads()
     if stuck:
         # a handler blocked in a worker thread (or an import) would keep the
@@ -143,7 +153,6 @@ def cmd_serve(args: argparse.Namespace) -> int:
         )
         sys.stderr.flush()
         os._exit(code)
-    return code
 
 
 def _busy_threads(wait: float = 0.5) -> list[threading.Thread]:
@@ -212,12 +221,18 @@ def cmd_check(args: argparse.Namespace) -> int:
     file says which functions failed or are still loading.
     """
     from .client import probe_info
+    from .daemon import STATUS_INTERVAL
     from .plugins import discover
     from .status import STATUS_FILE, read_status
 
     config = _load(args)
     functions = resolve_functions(config, discover(autoload=not config.disable_plugin_autoload))
-    status = read_status(config.state_dir / STATUS_FILE)
+    path = config.state_dir / STATUS_FILE
+    try:
+        status = read_status(path, max_age=3 * STATUS_INTERVAL)
+    except PermissionError:
+        print(f"FAIL status: cannot read {path}: run check as the daemon's user or root")
+        return EXIT_CHECK_FAILED
     known = {f["name"]: f for f in status["functions"]} if status else {}
 
     async def probe_all() -> list[tuple[str, str, str]]:

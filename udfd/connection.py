@@ -30,7 +30,7 @@ import contextlib
 import threading
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import anyio
@@ -46,7 +46,10 @@ from .runner import Fatal, Runner, protocol_fatal
 from .stats import Stats
 from .writer import FrameWriter
 
-__all__ = ["Connection", "FixedSource", "HandlerSource", "Limits", "Stats"]
+__all__ = ["THREADS_PER_FUNCTION", "Connection", "FixedSource", "HandlerSource", "Limits", "Stats"]
+
+#: worker threads one function's threaded handlers may occupy at once
+THREADS_PER_FUNCTION = 16
 
 
 @dataclass(frozen=True)
@@ -84,6 +87,11 @@ class HandlerSource(Protocol):
     @property
     def early_info(self) -> pb.InfoResponse | None: ...
 
+    @property
+    def thread_limiter(self) -> anyio.CapacityLimiter:
+        """Worker threads of this function's threaded handlers (shared by its connections)."""
+        ...
+
     async def wait_loaded(self) -> None: ...
 
 
@@ -94,6 +102,9 @@ class FixedSource:
     spec: HandlerSpec
     init_error: str | None = None
     early_info: pb.InfoResponse | None = None
+    thread_limiter: anyio.CapacityLimiter = field(
+        default_factory=lambda: anyio.CapacityLimiter(THREADS_PER_FUNCTION)
+    )
 
     async def wait_loaded(self) -> None:
         return None
@@ -271,6 +282,9 @@ class Connection:
             # input ended cleanly: let the handler emit its last output
             handler = runner.take_handler()
             if handler is not None:
+                if runner.flush_requested:
+                    runner.flush_requested = False
+                    await runner.call_for_output(handler.flush)
                 await runner.call_for_output(handler.close)
                 runner.out.discard_open_batch()
                 self._send_output()

@@ -176,9 +176,26 @@ class Daemon:
             site.adopt(sock)
             self.functions.append(FunctionState(fn, site))
         grace = config.shutdown_grace.total_seconds()
+        try:
+            await self._serve(installed, store, grace, task_status)
+        finally:
+            remove_status(self._status_path)
+        log.info("stopped")
+
+    async def _serve(
+        self,
+        installed: tuple[InstalledHandler, ...],
+        store: InfoStore,
+        grace: float,
+        task_status: TaskStatus[Daemon],
+    ) -> None:
+        config = self.config
         async with anyio.create_task_group() as tg:
             for fs in self.functions:
                 await tg.start(_serve_site, fs.site, grace)
+            # the status file says "loading" before anyone is told we are listening, so a
+            # check right after that line never reads a previous run's status
+            await self._publish()
             log.info(
                 "listening on %d socket(s) in %s: %s",
                 len(self.functions),
@@ -187,7 +204,6 @@ class Daemon:
             )
             systemd.notify(f"STATUS=loading {len(self.functions)} handler(s)")
             task_status.started(self)
-            await self._publish()
             tg.start_soon(self._publish_periodically)
             loading = anyio.CancelScope()
             tg.start_soon(self._load_all, installed, store, loading)
@@ -203,8 +219,6 @@ class Daemon:
             await self._publish()
             if self._publishing is not None:
                 self._publishing.cancel()
-        remove_status(self._status_path)
-        log.info("stopped")
 
     async def _load_all(
         self,
@@ -215,7 +229,7 @@ class Daemon:
         """Import every handler, concurrently: one slow import delays only its function."""
         with scope:
             if not self.functions:
-                self._report_ready()
+                await self._report_ready()
             async with anyio.create_task_group() as tg:
                 for fs in self.functions:
                     tg.start_soon(self._load_one, fs, installed, store)
@@ -248,12 +262,16 @@ class Daemon:
             fs.site.set_handler(result.spec)
             log.info("%s: serving %s on %s", fs.function.name, result.origin, fs.function.socket)
         if all(f.state != "loading" for f in self.functions):
-            self._report_ready()
-        await self._publish()
+            await self._report_ready()
+        else:
+            await self._publish()
 
-    def _report_ready(self) -> None:
+    async def _report_ready(self) -> None:
+        """Ready: the status file first, then the log and systemd, so that a check run
+        as soon as either says ready reads a status that says so too."""
         failed = sum(f.state == "failed" for f in self.functions)
         self.ready.set()
+        await self._publish()
         summary = f"{len(self.functions) - failed} function(s) ready, {failed} failed"
         log.info("ready: %s", summary)
         systemd.notify("READY=1", f"STATUS={summary}")

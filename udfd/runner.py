@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import math
+import threading
 import time
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
@@ -121,6 +122,9 @@ class Runner:
         self._request_flush = request_flush
         self.tally = Tally()
         self.out = OutputBuffer(provides_batch=False)
+        #: set when the connection ends: a worker thread left running stops early
+        self.stopping = False
+        self._busy = threading.Event()
         self.flush_requested = False
         self._handler: Handler[Any] | None = None
         self._spec: HandlerSpec | None = None  # set once loaded
@@ -176,9 +180,7 @@ class Runner:
                     if is_async:
                         i = await self._data_async(frames, i, stop)
                     elif threaded:
-                        i = await anyio.to_thread.run_sync(
-                            self._data_sync, frames, i, stop, abandon_on_cancel=True
-                        )
+                        i = await self._in_thread(self._data_sync, frames, i, stop)
                     else:
                         i = self._data_sync(frames, i, stop)
                         await anyio.lowlevel.checkpoint()
@@ -212,7 +214,7 @@ class Runner:
         kind = wire.POINT
         msg: Any = None
         try:
-            while i < stop:
+            while i < stop and not self.stopping:
                 frame = frames[i]
                 size = len(frame)
                 if (
@@ -330,6 +332,9 @@ class Runner:
             raise Fatal(str(exc))
         text = f"{type(exc).__name__}: {exc}"
         if self._policy is ErrorPolicy.DROP and isinstance(exc, Exception):
+            if kind == wire.END:
+                # the batch will never be completed: its held output must not block the next
+                self.out.discard_open_batch()
             self.tally.dropped += 1
             self._stats.last_error = text
             self._stats.last_error_time = time.time()
@@ -356,10 +361,30 @@ class Runner:
         except HANDLER_FAILURES as exc:
             self._handler_exception(exc, 0, None)
 
+    async def _in_thread(self, fn: Callable[..., Any], *args: Any) -> Any:
+        """Run handler code in a worker thread of this function's own pool.
+
+        A separate pool per function means a function whose handler hangs cannot
+        starve another function's Init. Cancellation abandons the thread (Python
+        cannot stop it); ``busy`` stays set until it really returns, so ``close``
+        is never called on a handler still running.
+        """
+
+        def marked() -> Any:
+            self._busy.set()
+            try:
+                return fn(*args)
+            finally:
+                self._busy.clear()
+
+        return await anyio.to_thread.run_sync(
+            marked, abandon_on_cancel=True, limiter=self._source.thread_limiter
+        )
+
     async def _call(self, fn: Callable[..., Any], *args: Any) -> Any:
         spec = self._spec
         if spec is not None and spec.threaded:
-            return await anyio.to_thread.run_sync(fn, *args, abandon_on_cancel=True)
+            return await self._in_thread(fn, *args)
         result = fn(*args)
         if hasattr(result, "__await__"):
             result = await result
@@ -369,8 +394,12 @@ class Runner:
 
     async def close_quietly(self) -> None:
         """Give the handler its ``close`` after an abnormal end; output is discarded."""
+        self.stopping = True  # an abandoned worker thread stops at its next frame
         handler, self._handler = self._handler, None
         if handler is None:
+            return
+        if self._busy.is_set():
+            self.log.warning("handler still busy in a worker thread: close() not called")
             return
         with anyio.move_on_after(CLOSE_TIMEOUT):
             try:
@@ -434,7 +463,7 @@ class Runner:
             self._function, self._task_id, self._node_id, self.log, self._request_flush
         )
         try:
-            handler = spec.cls(options, context)
+            handler = await self._call(spec.cls, options, context)
             await self._call(handler.init)
         except InitFailed as exc:
             self.log.warning("handler refused Init: %s", exc)

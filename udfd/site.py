@@ -23,7 +23,7 @@ import anyio
 import anyio.abc
 from anyio.abc import TaskStatus
 
-from .connection import Connection, Limits
+from .connection import THREADS_PER_FUNCTION, Connection, Limits
 from .errors import StartupError
 from .handler import ErrorPolicy, HandlerSpec
 from .proto import udf_pb2 as pb
@@ -73,6 +73,7 @@ class Site:
         self._idle = anyio.Event()
         self._idle.set()
         self._accept_errors_logged = -math.inf
+        self._threads = anyio.CapacityLimiter(THREADS_PER_FUNCTION)
         #: set once the listening socket is closed: no new connection can arrive
         self.stopped_accepting = anyio.Event()
 
@@ -89,6 +90,10 @@ class Site:
     @property
     def early_info(self) -> pb.InfoResponse | None:
         return self._early_info
+
+    @property
+    def thread_limiter(self) -> anyio.CapacityLimiter:
+        return self._threads
 
     async def wait_loaded(self) -> None:
         await self._loaded.wait()
@@ -131,8 +136,8 @@ class Site:
         """
         if self._sock is None:
             raise StartupError(f"{self.name}: serve() before bind()")
-        listener = await anyio.abc.SocketListener.from_socket(self._sock)
         try:
+            listener = await anyio.abc.SocketListener.from_socket(self._sock)
             async with anyio.create_task_group() as tg:
                 with self._accept_scope:
                     async with listener:
@@ -155,6 +160,8 @@ class Site:
                 tg.cancel_scope.cancel()
         finally:
             self.stopped_accepting.set()
+            if self._sock is not None:
+                self._sock.close()  # normally closed with the listener already; a no-op then
             # a connection cancelled before its task ran still owns an open socket
             for connection in list(self._connections):
                 await connection.close_unstarted()

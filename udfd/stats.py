@@ -7,9 +7,10 @@ so concurrent connections of one function never lose increments.
 
 from __future__ import annotations
 
-from dataclasses import field
+from dataclasses import dataclass
 
 
+@dataclass
 class Stats:
     """What happened on one function's connections since udfd started."""
 
@@ -25,7 +26,7 @@ class Stats:
     bytes_in: int = 0
     bytes_out: int = 0
     last_error: str = ""
-    last_error_time: float = field(default=0.0)
+    last_error_time: float = 0.0
 
 
 class Tally:

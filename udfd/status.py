@@ -14,6 +14,7 @@ import json
 import logging
 import os
 import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
@@ -27,8 +28,9 @@ def write_status(path: Path, status: dict[str, Any]) -> None:
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=".status-", dir=path.parent)
+        os.fchmod(fd, 0o644)  # readable by monitoring that runs as another user
         with os.fdopen(fd, "w") as f:
-            json.dump({"pid": os.getpid(), **status}, f, indent=1)
+            json.dump({"pid": os.getpid(), "written_at": time.time(), **status}, f, indent=1)
         os.replace(tmp, path)
     except OSError as exc:
         log.warning("could not write status file %s: %s", path, exc)
@@ -44,10 +46,26 @@ def remove_status(path: Path) -> None:
             log.warning("could not remove status file %s: %s", path, exc)
 
 
-def read_status(path: Path) -> dict[str, Any] | None:
-    """The status of a running daemon, or None (no file, unreadable, daemon gone)."""
-    data = _load(path)
-    if data is None or not isinstance(data.get("pid"), int):
+def read_status(path: Path, max_age: float) -> dict[str, Any] | None:
+    """The status of a running daemon, or None (no file, daemon gone, file too old).
+
+    A running daemon rewrites the file every few seconds, so an old file was left
+    by one that crashed; its pid may belong to another process by now (after a
+    reboot, say), which the age check catches. Raises PermissionError when the
+    file exists but cannot be read, so callers can say so instead of guessing.
+    """
+    try:
+        data = json.loads(path.read_text())
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError) as exc:
+        if isinstance(exc, PermissionError):
+            raise
+        return None
+    if not isinstance(data, dict) or not isinstance(data.get("pid"), int):
+        return None
+    written = data.get("written_at")
+    if not isinstance(written, (int, float)) or time.time() - written > max_age:
         return None
     try:
         os.kill(data["pid"], 0)
