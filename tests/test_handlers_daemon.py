@@ -13,24 +13,21 @@ import random
 import statistics
 from collections import defaultdict, deque
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
 from datetime import timedelta
 from fractions import Fraction
-from typing import Any, TypeAlias
+from typing import Any
 
 import pytest
 from daemon_harness import DaemonProcess
 from golden import ADSL, ADSL_CHANGES
 
 import udfd
-from udfd.client import connect
 from udfd.proto import udf_pb2 as pb
+from udfd.testing import Batch, TaskRun, check_batch_framing, make_batch, run_task
 
 pytestmark = pytest.mark.anyio
 
 Factory = Callable[..., DaemonProcess]
-Message: TypeAlias = pb.Point | pb.BeginBatch | pb.EndBatch
-Batch: TypeAlias = tuple[pb.BeginBatch, list[pb.Point], pb.EndBatch]
 
 # moving_average has configured option defaults; the TICKscript's options override them
 CONFIG = """
@@ -54,48 +51,13 @@ def start(daemon: Factory) -> DaemonProcess:
     return d
 
 
-@dataclass
-class Session:
-    """What one Kapacitor-like connection (one task run) saw."""
-
-    init: pb.InitResponse
-    restored: pb.RestoreResponse | None = None
-    snapshot: bytes = b""
-    output: list[Message] = field(default_factory=list)
-    errors: list[str] = field(default_factory=list)
-
-    @property
-    def points(self) -> list[pb.Point]:
-        return [m for m in self.output if isinstance(m, pb.Point)]
-
-
 async def session(
-    d: DaemonProcess,
-    function: str,
-    options: Mapping[str, Any],
-    *,
-    points: Iterable[pb.Point] = (),
-    batches: Iterable[Batch] = (),
-    restore: bytes | None = None,
-    snapshot: bool = False,
-) -> Session:
-    """Info, Init, optional Restore, the data, optional Snapshot, then stop the task."""
-    async with connect(d.socket(function)) as client:
-        await client.info()
-        run = Session(init=await client.init(options))
-        if not run.init.success:
-            await client.finish()
-            return run
-        if restore is not None:
-            run.restored = await client.restore(restore)
-            assert run.restored.success, run.restored.error
-        await client.send_points(points)
-        for begin, batch, end in batches:
-            await client.send_batch(begin, batch, end)
-        if snapshot:
-            run.snapshot = await client.snapshot()
-        run.output = list(await client.finish())
-        run.errors = list(client.errors)
+    d: DaemonProcess, function: str, options: Mapping[str, Any], **kwargs: Any
+) -> TaskRun:
+    """One task run on a function of the daemon; restores succeed and no error arrives."""
+    run = await run_task(d.socket(function), options, **kwargs)
+    if run.restore is not None:
+        assert run.restore.success, run.restore.error
     assert run.errors == []
     return run
 
@@ -346,44 +308,17 @@ async def test_option_errors_fail_init_naming_the_option(
 
 
 def batch(name: str, host: str, rows: Sequence[tuple[int, Any]], tmax: int) -> Batch:
-    """A batch as Kapacitor's query node sends it: Begin (exact size), points, End."""
-    tags = {"host": host}
-    group = f"host={host}"
-    points = [udfd.make_point("", t, {"ms": v}, tags, group=group) for t, v in rows]
-    begin = pb.BeginBatch(name=name, group=group, tags=tags, size=len(points))
-    return begin, points, pb.EndBatch(name=name, group=group, tags=tags, tmax=tmax)
+    """A batch as Kapacitor's query node sends it, values in field ``ms``."""
+    return make_batch(
+        name,
+        [(t, {"ms": v}) for t, v in rows],
+        tags={"host": host},
+        group=f"host={host}",
+        tmax=tmax,
+    )
 
 
-def framed(output: list[Message], requests: list[Batch]) -> list[list[pb.Point]]:
-    """Check Begin(size exact)/points/End per request, echoing it; return each batch's points."""
-    result: list[list[pb.Point]] = []
-    i = 0
-    for begin, _, end in requests:
-        head = output[i]
-        assert isinstance(head, pb.BeginBatch), f"expected BeginBatch at {i}: {head}"
-        assert (head.name, head.group, dict(head.tags)) == (
-            begin.name,
-            begin.group,
-            dict(begin.tags),
-        )
-        i += 1
-        points: list[pb.Point] = []
-        while i < len(output) and isinstance(output[i], pb.Point):
-            points.append(output[i])
-            i += 1
-        assert head.size == len(points)
-        tail = output[i]
-        assert isinstance(tail, pb.EndBatch), f"expected EndBatch at {i}: {tail}"
-        assert (tail.name, tail.group, dict(tail.tags), tail.tmax) == (
-            end.name,
-            end.group,
-            dict(end.tags),
-            end.tmax,
-        )
-        i += 1
-        result.append(points)
-    assert i == len(output), "output after the last batch"
-    return result
+framed = check_batch_framing
 
 
 def tukey(values: Sequence[float], scale: float) -> list[bool]:

@@ -7,17 +7,22 @@ then plays Kapacitor against it. Nothing is mocked: bytes cross a real socket.
 
 from __future__ import annotations
 
+import os
 import shutil
 import tempfile
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Iterable, Mapping
 from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeAlias
 
 import anyio
 
+from .client import connect
 from .connection import Limits
 from .handler import ErrorPolicy, Handler, HandlerSpec, inspect_handler
+from .points import FieldValue, make_point
+from .proto import udf_pb2 as pb
 from .site import Site
 
 
@@ -67,3 +72,118 @@ async def serve_handler(
     finally:
         if own_dir is not None:
             shutil.rmtree(own_dir, ignore_errors=True)
+
+
+Message: TypeAlias = pb.Point | pb.BeginBatch | pb.EndBatch
+#: a batch as Kapacitor sends it: BeginBatch, its points, EndBatch
+Batch: TypeAlias = tuple[pb.BeginBatch, list[pb.Point], pb.EndBatch]
+
+
+@dataclass
+class TaskRun:
+    """What one Kapacitor task saw on its connection, from Init to the UDF's close."""
+
+    init: pb.InitResponse
+    restore: pb.RestoreResponse | None = None
+    snapshot: bytes = b""
+    output: list[Message] = field(default_factory=list)
+    errors: list[str] = field(default_factory=list)
+
+    @property
+    def points(self) -> list[pb.Point]:
+        return [m for m in self.output if isinstance(m, pb.Point)]
+
+
+async def run_task(
+    path: str | os.PathLike[str],
+    options: Mapping[str, Any] | Iterable[pb.Option] = (),
+    *,
+    points: Iterable[pb.Point] = (),
+    batches: Iterable[Batch] = (),
+    restore: bytes | None = None,
+    snapshot: bool = False,
+) -> TaskRun:
+    """One task's life as Kapacitor runs it: Info, Init, optional Restore, the data,
+    optional Snapshot, then the half-close and reading until the UDF closes.
+
+    A failed Init ends the run there, as it ends the task in Kapacitor.
+    """
+    async with connect(path) as client:
+        await client.info()
+        run = TaskRun(init=await client.init(options))
+        if not run.init.success:
+            await client.finish()
+            return run
+        if restore is not None:
+            run.restore = await client.restore(restore)
+        await client.send_points(points)
+        for begin, batch, end in batches:
+            await client.send_batch(begin, batch, end)
+        if snapshot:
+            run.snapshot = await client.snapshot()
+        run.output = list(await client.finish())
+        run.errors = list(client.errors)
+    return run
+
+
+def make_batch(
+    name: str,
+    rows: Iterable[tuple[int, Mapping[str, FieldValue]]],
+    *,
+    tags: Mapping[str, str] | None = None,
+    group: str = "",
+    tmax: int | None = None,
+) -> Batch:
+    """A batch shaped as Kapacitor's query node sends it: points carry only time, group,
+    tags and fields; Begin has the exact size; End carries tmax (default: the last time)."""
+    tags = dict(tags or {})
+    batch_points = [make_point("", t, fields, tags, group=group) for t, fields in rows]
+    begin = pb.BeginBatch(name=name, group=group, tags=tags, size=len(batch_points))
+    if tmax is None:
+        tmax = max((p.time for p in batch_points), default=0)
+    return begin, batch_points, pb.EndBatch(name=name, group=group, tags=tags, tmax=tmax)
+
+
+def check_batch_framing(output: list[Message], requests: list[Batch]) -> list[list[pb.Point]]:
+    """Check that output is one framed batch per request, as Kapacitor requires: BeginBatch
+    with the exact size and the request's name, group and tags, the points, then EndBatch
+    echoing name, group, tags and tmax; nothing after. Returns each batch's points.
+
+    Raises AssertionError (explicitly, so it holds under ``python -O`` too).
+    """
+
+    def expect(ok: bool, what: str) -> None:
+        if not ok:
+            raise AssertionError(what)
+
+    result: list[list[pb.Point]] = []
+    i = 0
+    for begin, _, end in requests:
+        head = output[i] if i < len(output) else None
+        expect(isinstance(head, pb.BeginBatch), f"expected BeginBatch at {i}, got {head}")
+        assert isinstance(head, pb.BeginBatch)
+        expect(
+            (head.name, head.group, dict(head.tags)) == (begin.name, begin.group, dict(begin.tags)),
+            f"BeginBatch at {i} does not echo the request: {head}",
+        )
+        i += 1
+        batch_points: list[pb.Point] = []
+        while i < len(output) and isinstance(output[i], pb.Point):
+            batch_points.append(output[i])  # type: ignore[arg-type]
+            i += 1
+        expect(
+            head.size == len(batch_points),
+            f"BeginBatch size {head.size} for {len(batch_points)} points",
+        )
+        tail = output[i] if i < len(output) else None
+        expect(isinstance(tail, pb.EndBatch), f"expected EndBatch at {i}, got {tail}")
+        assert isinstance(tail, pb.EndBatch)
+        expect(
+            (tail.name, tail.group, dict(tail.tags), tail.tmax)
+            == (end.name, end.group, dict(end.tags), end.tmax),
+            f"EndBatch at {i} does not echo the request: {tail}",
+        )
+        i += 1
+        result.append(batch_points)
+    expect(i == len(output), f"{len(output) - i} message(s) after the last batch")
+    return result
