@@ -170,7 +170,9 @@ def test_first_party_handlers_are_entry_points_too() -> None:
 def test_example_configs_load_their_handlers(name: str) -> None:
     config = load_config(Path(__file__).parent.parent / "config" / name, env={})
     installed = discover()
-    for fn in resolve_functions(config, installed):
+    functions = resolve_functions(config, installed)
+    assert functions, f"{name} configures no function"
+    for fn in functions:
         result = load_function(
             fn, installed=installed, allow_distributions=config.allow_distributions
         )

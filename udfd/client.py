@@ -275,10 +275,6 @@ class UdfClient:
         return self.output
 
     @property
-    def closed_by_peer(self) -> bool:
-        return self._eof.is_set()
-
-    @property
     def points(self) -> list[pb.Point]:
         return [m for m in self.output if isinstance(m, pb.Point)]
 

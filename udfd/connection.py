@@ -46,7 +46,7 @@ from .runner import Fatal, Runner, protocol_fatal
 from .stats import Stats
 from .writer import FrameWriter
 
-__all__ = ["THREADS_PER_FUNCTION", "Connection", "FixedSource", "HandlerSource", "Limits", "Stats"]
+__all__ = ["THREADS_PER_FUNCTION", "Connection", "FixedSource", "HandlerSource", "Limits"]
 
 #: worker threads one function's threaded handlers may occupy at once
 THREADS_PER_FUNCTION = 16

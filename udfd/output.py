@@ -42,10 +42,6 @@ class OutputBuffer:
         self._batch: list[bytes] | None = None
         self._begin: pb.BeginBatch | None = None
 
-    @property
-    def in_batch(self) -> bool:
-        return self._batch is not None
-
     def take(self) -> list[bytes]:
         frames, self.frames = self.frames, []
         return frames

@@ -27,10 +27,10 @@ from .connection import THREADS_PER_FUNCTION, Connection, Limits
 from .errors import StartupError
 from .handler import ErrorPolicy, HandlerSpec
 from .proto import udf_pb2 as pb
-from .sockets import MAX_SOCKET_PATH, bind_unix, check_socket_path, clear_stale_socket
+from .sockets import bind_unix
 from .stats import Stats
 
-__all__ = ["MAX_SOCKET_PATH", "Site", "bind_unix", "check_socket_path", "clear_stale_socket"]
+__all__ = ["Site"]
 
 #: after the grace period, how long aborted connections get to flush their ErrorResponse
 ABORT_FLUSH = 1.0

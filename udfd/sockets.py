@@ -19,7 +19,7 @@ from pathlib import Path
 
 from .errors import StartupError
 
-log = logging.getLogger("udfd.site")
+log = logging.getLogger("udfd.sockets")
 
 #: sun_path is 108 bytes on Linux, including the terminating NUL
 MAX_SOCKET_PATH = 107
