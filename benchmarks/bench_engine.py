@@ -25,9 +25,9 @@ from pathlib import Path
 
 import anyio
 
-from udfd import wire
-from udfd.framing import FrameDecoder
-from udfd.proto import udf_pb2 as pb
+from udfd.protocol import wire
+from udfd.protocol.framing import FrameDecoder
+from udfd.protocol.proto import udf_pb2 as pb
 
 HERE = Path(__file__).resolve().parent
 WIDTHS = (6, 12, 11, 11, 9)

@@ -27,7 +27,7 @@ from pathlib import Path
 
 import anyio
 
-from udfd.client import probe_info
+from udfd.protocol.client import probe_info
 
 FUNCTIONS = ("state_change", "moving_average", "outliers", "threshold")
 

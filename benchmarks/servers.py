@@ -22,9 +22,9 @@ import anyio
 import anyio.abc
 
 import udfd
-from udfd.connection import Limits
+from udfd.engine.limits import Limits
 from udfd.handler import inspect_handler
-from udfd.site import Site
+from udfd.serve.site import Site
 
 
 class Mirror(udfd.Handler[udfd.NoOptions]):

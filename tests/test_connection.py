@@ -15,11 +15,11 @@ import pytest
 from pydantic import Field
 
 import udfd
-from udfd import wire
-from udfd.client import UdfClient, connect, probe_info
-from udfd.connection import Limits
-from udfd.framing import encode_frame, encode_varint
-from udfd.proto import udf_pb2 as pb
+from udfd.engine.limits import Limits
+from udfd.protocol import wire
+from udfd.protocol.client import UdfClient, connect, probe_info
+from udfd.protocol.framing import encode_frame, encode_varint
+from udfd.protocol.proto import udf_pb2 as pb
 from udfd.testing import serve_handler
 
 pytestmark = pytest.mark.anyio

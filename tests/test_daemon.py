@@ -19,9 +19,9 @@ import pytest
 from daemon_harness import DaemonProcess
 
 import udfd
-from udfd import wire
-from udfd.client import connect, probe_info
-from udfd.proto import udf_pb2 as pb
+from udfd.protocol import wire
+from udfd.protocol.client import connect, probe_info
+from udfd.protocol.proto import udf_pb2 as pb
 
 pytestmark = pytest.mark.anyio
 

@@ -7,7 +7,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from udfd.errors import FrameError
-from udfd.framing import FrameDecoder, encode_frame, encode_varint, split_frames
+from udfd.protocol.framing import FrameDecoder, encode_frame, encode_varint, split_frames
 
 messages = st.lists(st.binary(max_size=300), max_size=40)
 big_messages = st.lists(st.binary(min_size=100, max_size=40_000), max_size=4)

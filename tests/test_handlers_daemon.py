@@ -22,7 +22,7 @@ from daemon_harness import DaemonProcess
 from golden import ADSL, ADSL_CHANGES
 
 import udfd
-from udfd.proto import udf_pb2 as pb
+from udfd.protocol.proto import udf_pb2 as pb
 from udfd.testing import Batch, TaskRun, check_batch_framing, make_batch, run_task
 
 pytestmark = pytest.mark.anyio

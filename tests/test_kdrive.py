@@ -24,8 +24,8 @@ import pytest
 from daemon_harness import DaemonProcess
 from golden import ADSL, ADSL_CHANGES
 
-from udfd.client import probe_info
-from udfd.proto import udf_pb2 as pb
+from udfd.protocol.client import probe_info
+from udfd.protocol.proto import udf_pb2 as pb
 from udfd.testing import short_socket_dir
 
 KDRIVE = Path(__file__).resolve().parents[2] / "shared" / "tools" / "kdrive"

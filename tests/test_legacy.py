@@ -25,17 +25,16 @@ import anyio.to_thread
 import pytest
 
 import udfd
-from udfd.client import connect
-from udfd.compat import (
+from udfd.errors import HandlerDefinitionError, TaskError
+from udfd.handler import Context, inspect_handler
+from udfd.plugins.compat import (
     install_kapacitor_shim,
     real_kapacitor_available,
     shim_installed,
     uninstall_kapacitor_shim,
 )
-from udfd.compat.kapacitor_agent import StandaloneAgentError
-from udfd.errors import HandlerDefinitionError, TaskError
-from udfd.handler import Context, inspect_handler
-from udfd.legacy import (
+from udfd.plugins.compat.kapacitor_agent import StandaloneAgentError
+from udfd.plugins.legacy import (
     LegacyAdapter,
     LegacyHandlerError,
     is_legacy_handler_class,
@@ -44,11 +43,12 @@ from udfd.legacy import (
     load_legacy,
     load_legacy_file,
 )
-from udfd.proto import udf_pb2 as pb
+from udfd.protocol.client import connect
+from udfd.protocol.proto import udf_pb2 as pb
 from udfd.testing import serve_handler
 
 HANDLERS = Path(__file__).parent / "legacy_handlers"
-PROTO = Path(udfd.__file__).parent / "proto" / "udf.proto"
+PROTO = Path(udfd.__file__).parent / "protocol" / "proto" / "udf.proto"
 
 
 def load(file: str, class_name: str) -> type[LegacyAdapter]:

@@ -1,4 +1,4 @@
-"""udfd.plugins: discovery from metadata, loading in isolation, precise errors, fallback Info.
+"""udfd.plugins.loader: discovery from metadata, loading in isolation, precise errors, fallback Info.
 
 Installed distributions are faked the way pip leaves them: a ``*.dist-info``
 directory with ``METADATA`` and ``entry_points.txt`` in a directory on
@@ -22,15 +22,16 @@ from typing import Any
 
 import pytest
 
-from udfd import client, plugins
-from udfd.compat import shim_installed, uninstall_kapacitor_shim
 from udfd.config import Function, load_config, resolve_functions
 from udfd.errors import UdfdError
-from udfd.fallback import InfoStore, declared_info, neutral_info, placeholder_spec
 from udfd.handler import Edge, ErrorPolicy, Handler, inspect_handler
-from udfd.importer import ImportFromStringError
-from udfd.plugins import Failed, InstalledHandler, Loaded, discover, load_function
-from udfd.proto import udf_pb2 as pb
+from udfd.plugins import loader as plugins
+from udfd.plugins.compat import shim_installed, uninstall_kapacitor_shim
+from udfd.plugins.fallback import InfoStore, declared_info, neutral_info, placeholder_spec
+from udfd.plugins.importer import ImportFromStringError
+from udfd.plugins.loader import Failed, InstalledHandler, Loaded, discover, load_function
+from udfd.protocol import client
+from udfd.protocol.proto import udf_pb2 as pb
 from udfd.testing import serve_handler
 
 GOOD = """
@@ -722,7 +723,9 @@ LEGACY = """
 
 
 def test_legacy_handler_by_file(tmp_path: Path) -> None:
-    pytest.importorskip("udfd.legacy", reason="udfd.legacy (legacy adapter) not available")
+    pytest.importorskip(
+        "udfd.plugins.legacy", reason="udfd.plugins.legacy (legacy adapter) not available"
+    )
     (tmp_path / "mirror.py").write_text(textwrap.dedent(LEGACY))
     result = loaded(load_function(function("mirror.py:Mirror", "mirror", base_dir=tmp_path)))
     assert result.origin.startswith("legacy file ")

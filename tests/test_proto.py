@@ -13,7 +13,7 @@ import pytest
 from packaging.specifiers import SpecifierSet
 from packaging.version import Version
 
-from udfd.proto import udf_pb2 as pb
+from udfd.protocol.proto import udf_pb2 as pb
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -25,9 +25,9 @@ def test_generated_code_is_fresh(tmp_path: Path) -> None:
         capture_output=True,
     )
     for name in ("udf_pb2.py", "udf_pb2.pyi"):
-        fresh = (tmp_path / "udfd" / "proto" / name).read_bytes()
-        checked_in = (ROOT / "udfd" / "proto" / name).read_bytes()
-        assert fresh == checked_in, f"udfd/proto/{name} is stale: run scripts/gen_proto.py"
+        fresh = (tmp_path / "udfd" / "protocol" / "proto" / name).read_bytes()
+        checked_in = (ROOT / "udfd" / "protocol" / "proto" / name).read_bytes()
+        assert fresh == checked_in, f"udfd/protocol/proto/{name} is stale: run scripts/gen_proto.py"
 
 
 def _protobuf_range() -> SpecifierSet:
@@ -39,7 +39,7 @@ def _protobuf_range() -> SpecifierSet:
 
 
 def test_runtime_range_admits_the_gencode_and_the_installed_runtime() -> None:
-    text = (ROOT / "udfd" / "proto" / "udf_pb2.py").read_text()
+    text = (ROOT / "udfd" / "protocol" / "proto" / "udf_pb2.py").read_text()
     match = re.search(r"Protobuf Python Version: (\d+\.\d+\.\d+)", text)
     assert match, "generated code no longer states its gencode version"
     gencode = Version(match.group(1))

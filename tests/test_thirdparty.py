@@ -44,8 +44,8 @@ import pytest
 from daemon_harness import DaemonProcess
 
 import udfd
-from udfd.client import connect
-from udfd.proto import udf_pb2 as pb
+from udfd.protocol.client import connect
+from udfd.protocol.proto import udf_pb2 as pb
 
 ROOT = Path(__file__).resolve().parents[1]
 Factory = Callable[..., DaemonProcess]

@@ -6,10 +6,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from udfd import wire
 from udfd.errors import ProtocolError
-from udfd.framing import encode_frame, split_frames
-from udfd.proto import udf_pb2 as pb
+from udfd.protocol import wire
+from udfd.protocol.framing import encode_frame, split_frames
+from udfd.protocol.proto import udf_pb2 as pb
 
 names = st.text(max_size=20)
 int64 = st.integers(min_value=-(2**63), max_value=2**63 - 1)

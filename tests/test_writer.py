@@ -9,8 +9,8 @@ import anyio.abc
 import anyio.lowlevel
 import pytest
 
+from udfd.engine.writer import FrameWriter
 from udfd.testing import short_socket_dir
-from udfd.writer import FrameWriter
 
 pytestmark = pytest.mark.anyio
 

@@ -5,7 +5,7 @@ The names here are the handler API; everything else is the daemon's business.
 
 from __future__ import annotations
 
-from .errors import (
+from udfd.errors import (
     FieldTypeError,
     MissingField,
     OptionsError,
@@ -14,9 +14,9 @@ from .errors import (
     TaskError,
     UdfdError,
 )
-from .handler import BatchHandler, Context, Edge, Handler, Output, batch_output
-from .options import Flag, NoOptions, Options
-from .points import (
+from udfd.handler import BatchHandler, Context, Edge, Handler, Output, batch_output
+from udfd.options import Flag, NoOptions, Options
+from udfd.points import (
     BeginBatch,
     EndBatch,
     FieldValue,
@@ -31,7 +31,7 @@ from .points import (
     remove_field,
     set_field,
 )
-from .state import GroupState, SnapshotError
+from udfd.state import GroupState, SnapshotError
 
 __version__ = "0.1.0"
 

@@ -1,5 +1,5 @@
 """``python -m udfd``: the same as the ``udfd`` command."""
 
-from .cli import main
+from udfd.cli import main
 
 main()

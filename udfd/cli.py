@@ -27,9 +27,9 @@ from pathlib import Path
 
 import anyio
 
-from . import __version__, logs
-from .config import Config, load_config, render_kapacitor_conf, resolve_functions
-from .errors import ConfigError, StartupError
+from udfd import __version__, logs
+from udfd.config import Config, load_config, render_kapacitor_conf, resolve_functions
+from udfd.errors import ConfigError, StartupError
 
 EXIT_OK = 0
 EXIT_CHECK_FAILED = 1
@@ -118,7 +118,7 @@ def _load(args: argparse.Namespace) -> Config:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    from .daemon import Daemon, run_until_signalled
+    from udfd.serve.daemon import Daemon, run_until_signalled
 
     config = _load(args)
     logs.configure(config.log_level, config.log_format)
@@ -169,8 +169,8 @@ def _busy_threads(wait: float = 0.5) -> list[threading.Thread]:
 
 
 def cmd_list(args: argparse.Namespace) -> int:
-    from .options import VALUE_TYPE_NAMES
-    from .plugins import PluginError, discover, load_handler
+    from udfd.options import VALUE_TYPE_NAMES
+    from udfd.plugins.loader import PluginError, discover, load_handler
 
     config = _load(args)
     rows = []
@@ -220,10 +220,10 @@ def cmd_check(args: argparse.Namespace) -> int:
     start), so the socket probe alone would call it healthy: the daemon's status
     file says which functions failed or are still loading.
     """
-    from .client import probe_info
-    from .daemon import STATUS_INTERVAL
-    from .plugins import discover
-    from .status import STATUS_FILE, read_status
+    from udfd.plugins.loader import discover
+    from udfd.protocol.client import probe_info
+    from udfd.serve.daemon import STATUS_INTERVAL
+    from udfd.serve.status import STATUS_FILE, read_status
 
     config = _load(args)
     functions = resolve_functions(config, discover(autoload=not config.disable_plugin_autoload))
@@ -271,7 +271,7 @@ def _edge(value: int) -> str:
 
 
 def cmd_kapacitor_conf(args: argparse.Namespace) -> int:
-    from .plugins import discover
+    from udfd.plugins.loader import discover
 
     config = _load(args)
     print(

@@ -20,10 +20,10 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Generic, TypeAlias, TypeVar, cast, get_args, get_origin
 
-from .errors import HandlerDefinitionError
-from .options import NoOptions, Options, OptionSpec, info_options, option_specs
-from .proto import udf_pb2 as pb
-from .state import GroupState, SnapshotError, decode_snapshot, encode_snapshot
+from udfd.errors import HandlerDefinitionError
+from udfd.options import NoOptions, Options, OptionSpec, info_options, option_specs
+from udfd.protocol.proto import udf_pb2 as pb
+from udfd.state import GroupState, SnapshotError, decode_snapshot, encode_snapshot
 
 
 class ErrorPolicy(enum.StrEnum):

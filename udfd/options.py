@@ -31,8 +31,8 @@ from typing import Annotated, Any, Final, Union, cast, get_args, get_origin
 import pydantic
 from pydantic import BaseModel, ConfigDict
 
-from .errors import HandlerDefinitionError, OptionsError
-from .proto import udf_pb2 as pb
+from udfd.errors import HandlerDefinitionError, OptionsError
+from udfd.protocol.proto import udf_pb2 as pb
 
 
 class _FlagMarker:

@@ -14,8 +14,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import TypeAlias
 
-from .errors import FieldTypeError, MissingField
-from .proto import udf_pb2 as pb
+from udfd.errors import FieldTypeError, MissingField
+from udfd.protocol.proto import udf_pb2 as pb
 
 Point = pb.Point
 BeginBatch = pb.BeginBatch

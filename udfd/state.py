@@ -16,7 +16,7 @@ import json
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any, Generic, TypeVar
 
-from .errors import UdfdError
+from udfd.errors import UdfdError
 
 S = TypeVar("S")
 

@@ -1,7 +1,7 @@
 """Test a handler without Kapacitor: serve it on a real socket and drive it with the client.
 
 ``serve_handler`` runs the real engine (the same Site and Connection the daemon
-uses) in the current event loop on a fresh unix socket; ``udfd.client.connect``
+uses) in the current event loop on a fresh unix socket; ``udfd.protocol.client.connect``
 then plays Kapacitor against it. Nothing is mocked: bytes cross a real socket.
 """
 
@@ -18,12 +18,12 @@ from typing import Any, TypeAlias
 
 import anyio
 
-from .client import connect
-from .connection import Limits
-from .handler import ErrorPolicy, Handler, HandlerSpec, inspect_handler
-from .points import FieldValue, make_point
-from .proto import udf_pb2 as pb
-from .site import Site
+from udfd.engine.limits import Limits
+from udfd.handler import ErrorPolicy, Handler, HandlerSpec, inspect_handler
+from udfd.points import FieldValue, make_point
+from udfd.protocol.client import connect
+from udfd.protocol.proto import udf_pb2 as pb
+from udfd.serve.site import Site
 
 
 def short_socket_dir(prefix: str = "udfd-") -> Path:

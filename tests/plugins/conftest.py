@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from udfd.site import Site
+from udfd.serve.site import Site
 from udfd.testing import Batch, TaskRun, check_batch_framing, make_batch, run_task
 
 

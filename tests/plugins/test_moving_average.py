@@ -12,7 +12,7 @@ import pytest
 from udfd_handlers.moving_average import MovingAverage
 
 from udfd import fields, make_point
-from udfd.proto import udf_pb2 as pb
+from udfd.protocol.proto import udf_pb2 as pb
 from udfd.testing import serve_handler
 
 pytestmark = pytest.mark.anyio
@@ -61,7 +61,7 @@ def averages(run: Any, name: str = "avg") -> list[float]:
 
 
 async def test_info() -> None:
-    from udfd.client import probe_info
+    from udfd.protocol.client import probe_info
 
     async with serve_handler(MovingAverage) as site:
         info = await probe_info(site.path)

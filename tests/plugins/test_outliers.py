@@ -10,7 +10,7 @@ import pytest
 from udfd_handlers.outliers import Outliers, quantile
 
 from udfd import fields
-from udfd.proto import udf_pb2 as pb
+from udfd.protocol.proto import udf_pb2 as pb
 from udfd.testing import serve_handler
 
 pytestmark = pytest.mark.anyio
@@ -27,7 +27,7 @@ def values_of(points: list[pb.Point]) -> list[float]:
 
 
 async def test_info() -> None:
-    from udfd.client import probe_info
+    from udfd.protocol.client import probe_info
 
     async with serve_handler(Outliers) as site:
         info = await probe_info(site.path)

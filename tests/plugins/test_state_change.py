@@ -12,7 +12,7 @@ from golden import ADSL, ADSL_CHANGES
 from udfd_handlers.state_change import StateChange, StateChangeBatch
 
 from udfd import fields, make_point
-from udfd.proto import udf_pb2 as pb
+from udfd.protocol.proto import udf_pb2 as pb
 from udfd.testing import serve_handler
 
 pytestmark = pytest.mark.anyio
@@ -37,7 +37,7 @@ def times_values(points: list[pb.Point]) -> list[tuple[int, Any]]:
 
 
 async def test_info_declares_edges_and_options() -> None:
-    from udfd.client import probe_info
+    from udfd.protocol.client import probe_info
 
     async with serve_handler(StateChange) as site:
         info = await probe_info(site.path)

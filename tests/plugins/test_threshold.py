@@ -10,7 +10,7 @@ import pytest
 from udfd_handlers.threshold import Threshold
 
 from udfd import fields, make_point
-from udfd.proto import udf_pb2 as pb
+from udfd.protocol.proto import udf_pb2 as pb
 from udfd.testing import serve_handler
 
 pytestmark = pytest.mark.anyio
@@ -37,7 +37,7 @@ def single(values: list[Any], group: str = "", field: str = "t") -> list[pb.Poin
 
 
 async def test_info() -> None:
-    from udfd.client import probe_info
+    from udfd.protocol.client import probe_info
 
     async with serve_handler(Threshold) as site:
         info = await probe_info(site.path)

@@ -13,8 +13,8 @@ from typing import Any
 
 import anyio
 from udfd import Handler, fields, make_point
-from udfd.client import connect
-from udfd.proto import udf_pb2 as pb
+from udfd.protocol.client import connect
+from udfd.protocol.proto import udf_pb2 as pb
 from udfd.testing import serve_handler
 
 from udfd_handlers.moving_average import MovingAverage

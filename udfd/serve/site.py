@@ -23,19 +23,21 @@ import anyio
 import anyio.abc
 from anyio.abc import TaskStatus
 
-from .connection import THREADS_PER_FUNCTION, Connection, Limits
-from .errors import StartupError
-from .handler import ErrorPolicy, HandlerSpec
-from .proto import udf_pb2 as pb
-from .sockets import bind_unix
-from .stats import Stats
+from udfd.engine.connection import Connection
+from udfd.engine.limits import Limits
+from udfd.engine.source import THREADS_PER_FUNCTION
+from udfd.engine.stats import Stats
+from udfd.errors import StartupError
+from udfd.handler import ErrorPolicy, HandlerSpec
+from udfd.protocol.proto import udf_pb2 as pb
+from udfd.serve.sockets import bind_unix
 
 __all__ = ["Site"]
 
 #: after the grace period, how long aborted connections get to flush their ErrorResponse
 ABORT_FLUSH = 1.0
 
-log = logging.getLogger("udfd.site")
+log = logging.getLogger("udfd.serve.site")
 
 
 class Site:

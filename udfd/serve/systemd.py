@@ -13,7 +13,7 @@ import logging
 import os
 import socket
 
-log = logging.getLogger("udfd.systemd")
+log = logging.getLogger("udfd.serve.systemd")
 
 
 def notify(*states: str) -> bool:

@@ -29,12 +29,12 @@ from typing import Any, Literal, cast
 
 import pydantic
 
-from .compat import install_kapacitor_shim, shim_installed
-from .config import Function, normalize_distribution
-from .errors import HandlerDefinitionError, UdfdError
-from .fallback import InfoStore, declared_info, neutral_info, placeholder_spec
-from .handler import Handler, HandlerSpec, inspect_handler
-from .importer import (
+from udfd.config import Function, normalize_distribution
+from udfd.errors import HandlerDefinitionError, UdfdError
+from udfd.handler import Handler, HandlerSpec, inspect_handler
+from udfd.plugins.compat import install_kapacitor_shim, shim_installed
+from udfd.plugins.fallback import InfoStore, declared_info, neutral_info, placeholder_spec
+from udfd.plugins.importer import (
     LOAD_ERRORS,
     ImportFromStringError,
     describe_load_error,
@@ -44,13 +44,13 @@ from .importer import (
     reraise_if_interrupt,
     split_target,
 )
-from .proto import udf_pb2 as pb
+from udfd.protocol.proto import udf_pb2 as pb
 
-log = logging.getLogger("udfd.plugins")
+log = logging.getLogger("udfd.plugins.loader")
 
 GROUP = "udfd.handlers"
 #: a file written for the official agent: imported with the stand-ins in place and
-#: its directory on sys.path, as it ran as a script (see udfd.legacy.load_legacy_file)
+#: its directory on sys.path, as it ran as a script (see udfd.plugins.legacy.load_legacy_file)
 _LEGACY_SOURCE = re.compile(r"^\s*(from|import)\s+kapacitor\.udf", re.MULTILINE)
 
 
@@ -102,11 +102,11 @@ def discover(*, autoload: bool = True) -> tuple[InstalledHandler, ...]:
 
 
 def _is_legacy(obj: object) -> bool:
-    """:func:`udfd.legacy.is_legacy_handler_class`, importing udfd.legacy only for a
+    """:func:`udfd.plugins.legacy.is_legacy_handler_class`, importing udfd.plugins.legacy only for a
     class that is not a udfd handler (udfd handlers never pay for the adapter)."""
     if not isinstance(obj, type) or issubclass(obj, Handler):
         return False
-    from .legacy import is_legacy_handler_class
+    from udfd.plugins.legacy import is_legacy_handler_class
 
     return is_legacy_handler_class(obj)
 
@@ -162,7 +162,7 @@ def _from_file(ref: str, target: str, attr: str, base_dir: Path) -> _Found:
     if not all(part.isidentifier() for part in attr.split(".")):
         raise PluginError(f"{attr!r} in {ref!r} is not a class name")
     if _LEGACY_SOURCE.search(path.read_text("utf-8", errors="replace")):
-        from . import legacy  # the stand-in agent, sibling imports, no __main__ block
+        from udfd.plugins import legacy  # the stand-in agent, sibling imports, no __main__ block
 
         try:
             return _Found(legacy.load_legacy_file(path, attr), f"legacy file {path}:{attr}")
@@ -287,7 +287,7 @@ def _load_handler(
     )
     obj = found.obj
     if _is_legacy(obj):
-        from . import legacy
+        from udfd.plugins import legacy
 
         try:
             obj = legacy.legacy_handler(cast("type[Any]", obj), function)

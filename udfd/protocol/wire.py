@@ -14,9 +14,9 @@ from typing import Final
 
 from google.protobuf.message import DecodeError
 
-from .errors import ProtocolError
-from .framing import _PREFIX_CACHE, encode_frame, encode_varint
-from .proto import udf_pb2 as pb
+from udfd.errors import ProtocolError
+from udfd.protocol.framing import _PREFIX_CACHE, encode_frame, encode_varint
+from udfd.protocol.proto import udf_pb2 as pb
 
 # Request kinds, in the order of the protocol's oneof.
 INFO: Final = 1

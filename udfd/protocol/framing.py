@@ -12,7 +12,7 @@ configured maximum: both are detected before any allocation of that size.
 
 from __future__ import annotations
 
-from .errors import FrameError
+from udfd.errors import FrameError
 
 #: Default largest message accepted in either direction. Kapacitor's own messages
 #: are a few hundred bytes; batches travel as one message per point.

@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-log = logging.getLogger("udfd.status")
+log = logging.getLogger("udfd.serve.status")
 
 STATUS_FILE = "status.json"
 

@@ -14,8 +14,8 @@ runs handler code.
 What the wrapped class does once Kapacitor connects (one legacy instance per
 connection, ``write_response`` output buffered and sent after each callback,
 an ``ErrorResponse`` ending the connection, common mistakes tolerated with a
-warning) is the runtime half, in :mod:`udfd.legacy_adapter`. Its public names
-are re-exported here, so ``udfd.legacy`` stays the one import path for legacy
+warning) is the runtime half, in :mod:`udfd.plugins.legacy_adapter`. Its public names
+are re-exported here, so ``udfd.plugins.legacy`` stays the one import path for legacy
 support.
 """
 
@@ -28,28 +28,28 @@ from typing import Any, cast
 
 from google.protobuf.message import Message
 
-from .compat import UDF_PB2, install_kapacitor_shim
-from .compat import kapacitor_agent as stand_in_agent
-from .compat import kapacitor_udf_pb2 as stand_in_pb2
-from .errors import HandlerDefinitionError
-from .handler import Edge, Handler
-from .importer import (
+from udfd.errors import HandlerDefinitionError
+from udfd.handler import Edge, Handler
+from udfd.plugins.compat import UDF_PB2, install_kapacitor_shim
+from udfd.plugins.compat import kapacitor_agent as stand_in_agent
+from udfd.plugins.compat import kapacitor_udf_pb2 as stand_in_pb2
+from udfd.plugins.importer import (
     LOAD_ERRORS,
     ImportFromStringError,
     describe_load_error,
     import_file,
     reraise_if_interrupt,
 )
-from .legacy_adapter import (
+from udfd.plugins.legacy_adapter import (
     LegacyAdapter,
     LegacyHandlerError,
     ReportedError,
     UdfdAgent,
     management_result,
 )
-from .proto import udf_pb2 as pb
+from udfd.protocol.proto import udf_pb2 as pb
 
-log = logging.getLogger("udfd.legacy")
+log = logging.getLogger("udfd.plugins.legacy")
 
 #: messages udfd hands to legacy callbacks (converted when the official package is used)
 _INPUT_TYPES = ("Point", "BeginBatch", "EndBatch", "InitRequest", "RestoreRequest")
@@ -211,7 +211,7 @@ def load_legacy_file(path: Path, class_name: str) -> type[Any]:
 
     Installs the ``kapacitor.udf`` stand-ins first (unless the official package
     is importable), then imports the file as any file reference is imported
-    (:func:`udfd.importer.import_file`: once per path, under a name that is not
+    (:func:`udfd.plugins.importer.import_file`: once per path, under a name that is not
     ``__main__``, so the block that would start the official agent does not
     run), with the file's directory appended to ``sys.path`` so it can import
     its neighbours as it could when run as a script. Runs the file's top-level

@@ -23,7 +23,7 @@ from typing import Any, ClassVar
 
 from google.protobuf.message import Message
 
-from udfd.proto import udf_pb2 as _pb
+from udfd.protocol.proto import udf_pb2 as _pb
 
 DESCRIPTOR = _pb.DESCRIPTOR
 

@@ -15,15 +15,18 @@ import math
 import threading
 import time
 from collections.abc import Callable, Mapping
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import anyio
 import anyio.lowlevel
 import anyio.to_thread
 from google.protobuf.message import DecodeError
 
-from . import wire
-from .errors import (
+from udfd.engine.limits import Limits
+from udfd.engine.output import OutputBuffer
+from udfd.engine.source import HandlerSource
+from udfd.engine.stats import Stats, Tally
+from udfd.errors import (
     InitFailed,
     OutputError,
     PointError,
@@ -31,16 +34,12 @@ from .errors import (
     RestoreFailed,
     TaskError,
 )
-from .handler import Context, Edge, ErrorPolicy, Handler, HandlerSpec
-from .options import build_options
-from .output import OutputBuffer
-from .proto import udf_pb2 as pb
-from .stats import Stats, Tally
+from udfd.handler import Context, Edge, ErrorPolicy, Handler, HandlerSpec
+from udfd.options import build_options
+from udfd.protocol import wire
+from udfd.protocol.proto import udf_pb2 as pb
 
-if TYPE_CHECKING:
-    from .connection import HandlerSource, Limits
-
-log = logging.getLogger("udfd.connection")
+log = logging.getLogger("udfd.engine.connection")
 
 _Point = pb.Point
 _point_frame = wire.point_frame

@@ -15,9 +15,9 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
-from . import wire
-from .errors import OutputError
-from .proto import udf_pb2 as pb
+from udfd.errors import OutputError
+from udfd.protocol import wire
+from udfd.protocol.proto import udf_pb2 as pb
 
 _Point = pb.Point
 _BeginBatch = pb.BeginBatch

@@ -30,84 +30,23 @@ import contextlib
 import threading
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any
 
 import anyio
 import anyio.abc
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
-from . import wire
-from .errors import FrameError, ProtocolError
-from .framing import DEFAULT_MAX_MESSAGE_SIZE, FrameDecoder
-from .handler import ErrorPolicy, HandlerSpec
-from .proto import udf_pb2 as pb
-from .runner import Fatal, Runner, protocol_fatal
-from .stats import Stats
-from .writer import FrameWriter
+from udfd.engine.limits import Limits
+from udfd.engine.runner import Fatal, Runner, protocol_fatal
+from udfd.engine.source import FixedSource, HandlerSource
+from udfd.engine.stats import Stats
+from udfd.engine.writer import FrameWriter
+from udfd.errors import FrameError, ProtocolError
+from udfd.handler import ErrorPolicy, HandlerSpec
+from udfd.protocol import wire
+from udfd.protocol.framing import FrameDecoder
 
-__all__ = ["THREADS_PER_FUNCTION", "Connection", "FixedSource", "HandlerSource", "Limits"]
-
-#: worker threads one function's threaded handlers may occupy at once
-THREADS_PER_FUNCTION = 16
-
-
-@dataclass(frozen=True)
-class Limits:
-    max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE
-    #: bytes asked of the socket per read; one read becomes one queued chunk.
-    #: Small enough that the reader returns to the socket often (a keepalive is
-    #: answered when it is read), large enough to amortise the read; 64 KiB
-    #: measured best (see benchmarks/).
-    read_size: int = 64 * 1024
-    #: chunks queued between reader and runner before the reader waits: with
-    #: read_size this bounds buffered input per connection to ~128 KiB
-    queue_chunks: int = 2
-    #: output bytes queued in the writer before the runner (and reader) wait
-    write_high_water: int = 256 * 1024
-    #: frames handled between two yields to the event loop, so one busy
-    #: connection cannot delay the others' keepalives by more than a slice
-    slice_frames: int = 256
-
-
-class HandlerSource(Protocol):
-    """Where a connection gets its handler: the function's Site, or a fixed spec.
-
-    The socket is bound before the handler is imported, so ``spec`` may still be
-    None when a connection starts; ``early_info`` is then the Info to serve
-    meanwhile (the one last served for this function), if any.
-    """
-
-    @property
-    def spec(self) -> HandlerSpec | None: ...
-
-    @property
-    def init_error(self) -> str | None: ...
-
-    @property
-    def early_info(self) -> pb.InfoResponse | None: ...
-
-    @property
-    def thread_limiter(self) -> anyio.CapacityLimiter:
-        """Worker threads of this function's threaded handlers (shared by its connections)."""
-        ...
-
-    async def wait_loaded(self) -> None: ...
-
-
-@dataclass
-class FixedSource:
-    """A handler known up front (tests, ``udfd.testing``)."""
-
-    spec: HandlerSpec
-    init_error: str | None = None
-    early_info: pb.InfoResponse | None = None
-    thread_limiter: anyio.CapacityLimiter = field(
-        default_factory=lambda: anyio.CapacityLimiter(THREADS_PER_FUNCTION)
-    )
-
-    async def wait_loaded(self) -> None:
-        return None
+__all__ = ["Connection"]
 
 
 class Connection:

@@ -22,7 +22,7 @@ import threading
 import types
 from pathlib import Path
 
-from .errors import UdfdError
+from udfd.errors import UdfdError
 
 #: What handler code run at load time may raise and still fail only its own function.
 #: ``SystemExit`` (``sys.exit()`` in code ported from a standalone script),

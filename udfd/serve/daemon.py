@@ -29,17 +29,17 @@ import anyio
 import anyio.to_thread
 from anyio.abc import TaskStatus
 
-from . import systemd
-from .config import Config, Function, resolve_functions
-from .connection import Limits
-from .errors import StartupError
-from .fallback import InfoStore
-from .plugins import Failed, InstalledHandler, discover, load_function
-from .site import Site
-from .sockets import bind_unix
-from .status import STATUS_FILE, remove_status, write_status
+from udfd.config import Config, Function, resolve_functions
+from udfd.engine.limits import Limits
+from udfd.errors import StartupError
+from udfd.plugins.fallback import InfoStore
+from udfd.plugins.loader import Failed, InstalledHandler, discover, load_function
+from udfd.serve import systemd
+from udfd.serve.site import Site
+from udfd.serve.sockets import bind_unix
+from udfd.serve.status import STATUS_FILE, remove_status, write_status
 
-log = logging.getLogger("udfd.daemon")
+log = logging.getLogger("udfd.serve.daemon")
 
 #: seconds between refreshes of the status file's counters
 STATUS_INTERVAL = 10.0

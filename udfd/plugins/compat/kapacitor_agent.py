@@ -3,7 +3,7 @@
 Under udfd a legacy file is not a program: udfd imports it as a module (its
 ``if __name__ == "__main__"`` block never runs), creates one handler per
 Kapacitor connection, and gives each handler udfd's own agent (see
-``udfd.legacy``), which delivers ``write_response`` output to that connection.
+``udfd.plugins.legacy``), which delivers ``write_response`` output to that connection.
 ``Agent`` and ``Server`` therefore exist only so the imports and subclassing
 work; creating one directly fails with an explanation rather than silently
 doing nothing, because a file that builds its own agent at import time would

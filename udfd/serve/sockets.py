@@ -17,9 +17,9 @@ import socket
 import stat
 from pathlib import Path
 
-from .errors import StartupError
+from udfd.errors import StartupError
 
-log = logging.getLogger("udfd.sockets")
+log = logging.getLogger("udfd.serve.sockets")
 
 #: sun_path is 108 bytes on Linux, including the terminating NUL
 MAX_SOCKET_PATH = 107

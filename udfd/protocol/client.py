@@ -25,10 +25,10 @@ from typing import Any
 import anyio
 import anyio.abc
 
-from . import wire
-from .errors import ProtocolError, UdfdError
-from .framing import DEFAULT_MAX_MESSAGE_SIZE, FrameDecoder
-from .proto import udf_pb2 as pb
+from udfd.errors import ProtocolError, UdfdError
+from udfd.protocol import wire
+from udfd.protocol.framing import DEFAULT_MAX_MESSAGE_SIZE, FrameDecoder
+from udfd.protocol.proto import udf_pb2 as pb
 
 
 class UdfError(UdfdError):

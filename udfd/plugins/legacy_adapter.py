@@ -1,10 +1,10 @@
 """The runtime half of legacy support: what serves one Kapacitor connection.
 
-:func:`udfd.legacy.legacy_handler` (the load-time half) builds a subclass of
+:func:`udfd.plugins.legacy.legacy_handler` (the load-time half) builds a subclass of
 :class:`LegacyAdapter` for each legacy handler class; this module holds what
 that subclass does once Kapacitor connects, kept apart because it runs on every
 callback while the loader runs once per handler. It needs nothing from the
-loader, so the import goes one way only (``udfd.legacy`` re-exports the names
+loader, so the import goes one way only (``udfd.plugins.legacy`` re-exports the names
 here; import them from there).
 
 * One legacy instance per Kapacitor connection, created at Init with an
@@ -30,7 +30,7 @@ the log (each kind once per handler class): a snapshot set or returned as
 ``None``; a bare ``InitResponse``/... returned instead of a ``Response``;
 management responses written through ``write_response`` (dropped, never
 forwarded: Kapacitor must never see a response it did not ask for).
-``info()`` runs at load time, in :func:`udfd.legacy.legacy_info`, but its
+``info()`` runs at load time, in :func:`udfd.plugins.legacy.legacy_info`, but its
 result goes through the same :func:`management_result` as the others.
 """
 
@@ -41,11 +41,11 @@ from typing import Any, ClassVar, cast
 
 from google.protobuf.message import Message
 
-from .compat import kapacitor_agent as stand_in_agent
-from .compat import kapacitor_udf_pb2 as stand_in_pb2
-from .errors import InitFailed, RestoreFailed, TaskError, UdfdError
-from .handler import Context, Handler, Output
-from .proto import udf_pb2 as pb
+from udfd.errors import InitFailed, RestoreFailed, TaskError, UdfdError
+from udfd.handler import Context, Handler, Output
+from udfd.plugins.compat import kapacitor_agent as stand_in_agent
+from udfd.plugins.compat import kapacitor_udf_pb2 as stand_in_pb2
+from udfd.protocol.proto import udf_pb2 as pb
 
 _DataMessage = pb.Point | pb.BeginBatch | pb.EndBatch
 _DATA_KINDS = frozenset({"point", "begin", "end"})

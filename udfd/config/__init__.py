@@ -44,7 +44,7 @@ from pydantic import (
 from pydantic_core import PydanticCustomError
 from pydantic_settings import BaseSettings, EnvSettingsSource, SettingsConfigDict, SettingsError
 
-from .config_values import (
+from udfd.config.values import (
     Duration,
     FunctionName,
     SocketMode,
@@ -56,10 +56,10 @@ from .config_values import (
     normalize_distribution,
     parse_duration,
 )
-from .errors import ConfigError
-from .framing import DEFAULT_MAX_MESSAGE_SIZE
-from .handler import ErrorPolicy
-from .sockets import MAX_SOCKET_PATH
+from udfd.errors import ConfigError
+from udfd.handler import ErrorPolicy
+from udfd.protocol.framing import DEFAULT_MAX_MESSAGE_SIZE
+from udfd.serve.sockets import MAX_SOCKET_PATH
 
 __all__ = [
     "CONFIG_ENV",

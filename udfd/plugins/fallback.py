@@ -24,12 +24,12 @@ from typing import Any
 
 from google.protobuf import json_format
 
-from .errors import HandlerDefinitionError, InitFailed
-from .handler import Edge, Handler, HandlerSpec, inspect_handler
-from .importer import LOAD_ERRORS, reraise_if_interrupt
-from .proto import udf_pb2 as pb
+from udfd.errors import HandlerDefinitionError, InitFailed
+from udfd.handler import Edge, Handler, HandlerSpec, inspect_handler
+from udfd.plugins.importer import LOAD_ERRORS, reraise_if_interrupt
+from udfd.protocol.proto import udf_pb2 as pb
 
-log = logging.getLogger("udfd.fallback")
+log = logging.getLogger("udfd.plugins.fallback")
 
 
 def neutral_info() -> pb.InfoResponse:

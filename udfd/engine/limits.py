@@ -1,0 +1,27 @@
+"""The bounds of one connection, in one place so that every layer reads the same numbers."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from udfd.protocol.framing import DEFAULT_MAX_MESSAGE_SIZE
+
+__all__ = ["Limits"]
+
+
+@dataclass(frozen=True)
+class Limits:
+    max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE
+    #: bytes asked of the socket per read; one read becomes one queued chunk.
+    #: Small enough that the reader returns to the socket often (a keepalive is
+    #: answered when it is read), large enough to amortise the read; 64 KiB
+    #: measured best (see benchmarks/).
+    read_size: int = 64 * 1024
+    #: chunks queued between reader and runner before the reader waits: with
+    #: read_size this bounds buffered input per connection to ~128 KiB
+    queue_chunks: int = 2
+    #: output bytes queued in the writer before the runner (and reader) wait
+    write_high_water: int = 256 * 1024
+    #: frames handled between two yields to the event loop, so one busy
+    #: connection cannot delay the others' keepalives by more than a slice
+    slice_frames: int = 256
