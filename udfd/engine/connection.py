@@ -40,6 +40,7 @@ from udfd.engine.limits import Limits
 from udfd.engine.runner import Fatal, Runner, protocol_fatal
 from udfd.engine.source import FixedSource, HandlerSource
 from udfd.engine.stats import Stats
+from udfd.engine.watchdog import Watchdog
 from udfd.engine.writer import FrameWriter
 from udfd.errors import FrameError, ProtocolError
 from udfd.handler import ErrorPolicy, HandlerSpec
@@ -79,6 +80,20 @@ class Connection:
             limits=self._limits,
             stats=self._stats,
             request_flush=self.request_flush,
+            emit=self._emit,
+            wait_writable=self._wait_writable,
+        )
+        self._handler_scope = anyio.CancelScope()
+        self._watch_scope = anyio.CancelScope()
+        self._function = function
+        self._watchdog = Watchdog(
+            self._runner,
+            self._writer,
+            self._limits,
+            self._stats,
+            lambda: self._runner.log,
+            self._handler_stuck,
+            self._peer_gone,
         )
         self._early_info = spec.info if spec is not None else source.early_info
         self._info_frame = (
@@ -108,6 +123,7 @@ class Connection:
             async with anyio.create_task_group() as tg:
                 tg.start_soon(self._writer.run)
                 tg.start_soon(self._run_handler, receive)
+                tg.start_soon(self._watch)
                 with self._read_scope:
                     await self._read(send)
         finally:
@@ -158,26 +174,31 @@ class Connection:
                     except FrameError as exc:
                         # what arrived intact before the bad bytes is still handled
                         if exc.frames:
-                            await send.send(self._answer_inline(exc.frames))
+                            await self._answer_inline(exc.frames, send)
                         raise
-                    chunk = self._answer_inline(chunk)
-                    if chunk:
-                        await send.send(chunk)
+                    await self._answer_inline(chunk, send)
             except ProtocolError as exc:
                 stats.protocol_errors += 1
                 self._runner.log.warning("protocol error from Kapacitor: %s", exc)
                 await send.send(exc)
 
-    def _answer_inline(self, chunk: list[bytes]) -> list[bytes]:
-        """Answer Info and keepalives at once (never behind handler work); return the rest.
+    async def _answer_inline(
+        self, chunk: list[bytes], send: MemoryObjectSendStream[list[bytes] | ProtocolError]
+    ) -> None:
+        """Answer Info and keepalives at once (never behind handler work); queue the rest.
 
         A frame that cannot be answered here (an Info before any Info is known, a
         keepalive that does not decode) stays in place, so the runner handles or
-        fails on it in stream order.
+        fails on it in stream order. Answers count against the writer's
+        high-water mark frame by frame: one read of tiny requests from a peer
+        that never reads must not queue thousands of answers. When the writer
+        is full, the frames before the one just answered go to the runner and
+        the reader waits.
         """
         rest: list[bytes] = []
         keep = rest.append
         writer = self._writer
+        stats = self._stats
         for frame in chunk:
             first = frame[0] if frame else 0
             if first == wire.TAG_KEEPALIVE:
@@ -187,12 +208,20 @@ class Connection:
                     keep(frame)
                     continue
                 writer.put_urgent(answer)
-                self._stats.keepalives += 1
+                stats.keepalives += 1
             elif first == wire.TAG_INFO and self._info_frame is not None:
                 writer.put(self._info_frame)
             else:
                 keep(frame)
-        return rest
+                continue
+            if writer.full:
+                if rest:
+                    await send.send(rest)
+                    rest = []
+                    keep = rest.append
+                await writer.wait_writable()
+        if rest:
+            await send.send(rest)
 
     async def _run_handler(
         self, receive: MemoryObjectReceiveStream[list[bytes] | ProtocolError]
@@ -200,33 +229,8 @@ class Connection:
         writer = self._writer
         runner = self._runner
         try:
-            async with receive:
-                async for chunk in receive:
-                    if isinstance(chunk, ProtocolError):
-                        raise protocol_fatal(chunk, counted=True)  # the reader counted it
-                    if chunk:
-                        # only now wait for an import still running: Kapacitor's start-up
-                        # Info-then-EOF connection must close without waiting for it
-                        if not runner.loaded:
-                            await self._load()
-                        await runner.process_chunk(chunk)
-                    if runner.flush_requested and runner.handler is not None:
-                        runner.flush_requested = False
-                        await runner.call_for_output(runner.handler.flush)
-                    self._send_output()
-                    await writer.wait_writable()
-                    if writer.failed is not None:
-                        self._read_scope.cancel()
-                        return
-            # input ended cleanly: let the handler emit its last output
-            handler = runner.take_handler()
-            if handler is not None:
-                if runner.flush_requested:
-                    runner.flush_requested = False
-                    await runner.call_for_output(handler.flush)
-                await runner.call_for_output(handler.close)
-                runner.out.discard_open_batch()
-                self._send_output()
+            with self._handler_scope:
+                await self._handle(receive)
         except Fatal as exc:
             if exc.protocol_error:
                 self._stats.protocol_errors += 1
@@ -236,11 +240,96 @@ class Connection:
             runner.log.exception("internal error")
             self._fail(f"udfd: internal error: {type(exc).__name__}: {exc}")
         finally:
+            self._watch_scope.cancel()
             runner.merge_tally()
             writer.close()
 
+    async def _handle(
+        self, receive: MemoryObjectReceiveStream[list[bytes] | ProtocolError]
+    ) -> None:
+        writer = self._writer
+        runner = self._runner
+        async with receive:
+            async for chunk in receive:
+                if isinstance(chunk, ProtocolError):
+                    raise protocol_fatal(chunk, counted=True)  # the reader counted it
+                if chunk:
+                    # only now wait for an import still running: Kapacitor's start-up
+                    # Info-then-EOF connection must close without waiting for it
+                    if not runner.loaded:
+                        await self._load()
+                    await runner.process_chunk(chunk)
+                if runner.flush_requested and runner.handler is not None:
+                    runner.flush_requested = False
+                    await runner.call_for_output(runner.handler.flush)
+                self._send_output()
+                await writer.wait_writable()
+                if writer.failed is not None:
+                    self._read_scope.cancel()
+                    return
+        # input ended cleanly: let the handler emit its last output
+        handler = runner.take_handler()
+        if handler is not None:
+            if runner.flush_requested:
+                runner.flush_requested = False
+                await runner.call_for_output(handler.flush)
+            await runner.call_for_output(handler.close)
+            runner.out.discard_open_batch()
+            self._send_output()
+        runner.stop_handler_loop()
+
+    async def _watch(self) -> None:
+        """The watchdog, for as long as the handler side runs (its ``finally`` ends it)."""
+        with self._watch_scope:
+            await self._watchdog.run()
+
+    def _handler_stuck(self, callback: str) -> None:
+        """The watchdog saw a call stuck past ``handler_timeout``: end this connection.
+
+        The stuck thread's unpublished output stays with it (it may still be
+        writing to it); what was published goes out before the ErrorResponse.
+        """
+        runner = self._runner
+        runner.stopping = True
+        self._handler_scope.cancel()
+        message = (
+            f"{self._function}: handler {callback}() did not return within handler_timeout "
+            f"({self._limits.handler_timeout:g}s); udfd ended the connection"
+        )
+        self._fail(message, send_output=False)
+
+    def _emit(self, data: bytes, points: int) -> None:
+        """Thread-safe: queue a handler thread's published output on the writer."""
+        if threading.get_ident() == self._loop_thread:
+            self._deliver(data, points)
+        elif self._loop is not None:
+            with contextlib.suppress(RuntimeError):  # the loop is closed: the connection is gone
+                self._loop.call_soon_threadsafe(self._deliver, data, points)
+
+    def _deliver(self, data: bytes, points: int) -> None:
+        self._writer.put(data)
+        self._stats.points_out += points
+
+    def _wait_writable(self) -> None:
+        """Block a handler thread while the writer is full (never the loop thread)."""
+        if threading.get_ident() == self._loop_thread:
+            return
+        writable = self._writer.writable
+        while not writable.wait(0.25) and not self._runner.stopping:
+            pass
+
+    def _peer_gone(self) -> None:
+        """Sending failed (the peer closed for good): stop the handler at its next frame."""
+        self._runner.stopping = True
+        self._read_scope.cancel()
+        self._handler_scope.cancel()
+
     async def _load(self) -> None:
-        spec = await self._runner.load()
+        self._watchdog.loading = True
+        try:
+            spec = await self._runner.load()
+        finally:
+            self._watchdog.loading = False
         if self._early_info is not None and self._early_info != spec.info:
             self._runner.log.warning(
                 "the Info served before the handler loaded differs from its declaration; "
@@ -248,10 +337,11 @@ class Connection:
             )
         self._info_frame = wire.info_frame(spec.info)
 
-    def _fail(self, message: str) -> None:
+    def _fail(self, message: str, *, send_output: bool = True) -> None:
         self._stats.last_error = message
         self._stats.last_error_time = time.time()
-        self._send_output()
+        if send_output:
+            self._send_output()
         self._writer.put(wire.error_frame(message))
         # stop reading (Kapacitor stops the task when it sees the error); the
         # writer still flushes everything queued before its task ends
@@ -260,7 +350,7 @@ class Connection:
     def _send_output(self) -> None:
         out = self._runner.out
         if out.frames:
-            self._writer.put_many(out.take())
+            self._writer.put(out.take())
         self._stats.points_out += out.points
         out.points = 0
 

@@ -22,6 +22,12 @@ class Limits:
     queue_chunks: int = 2
     #: output bytes queued in the writer before the runner (and reader) wait
     write_high_water: int = 256 * 1024
-    #: frames handled between two yields to the event loop, so one busy
-    #: connection cannot delay the others' keepalives by more than a slice
-    slice_frames: int = 256
+    #: seconds one handler call may take before udfd stops feeding Kapacitor's
+    #: keepalive timer and ends the connection (with the call's stack in the log)
+    handler_timeout: float = 30.0
+    #: seconds after which a handler call is logged as slow, with its stack
+    slow_call: float = 1.0
+    #: seconds of silence after which a connection whose handler is busy but
+    #: moving gets an unsolicited keepalive answer (Kapacitor's timer is reset by
+    #: any response); well under Kapacitor's own timeout (10 s by default)
+    heartbeat: float = 1.0

@@ -10,11 +10,13 @@ validated (``output.OutputBuffer``) before the connection hands it to the writer
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 import math
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Coroutine, Mapping
 from typing import Any
 
 import anyio
@@ -58,6 +60,56 @@ HANDLER_FAILURES: tuple[type[BaseException], ...] = (
 )
 #: how long a handler's ``close`` may take after an abnormal end
 CLOSE_TIMEOUT = 2.0
+#: the handler thread hands output to the writer at least this often (seconds) ...
+PUBLISH_INTERVAL = 0.005
+#: ... or once this many frames are waiting
+PUBLISH_FRAMES = 4096
+
+
+def _drive(coro: Coroutine[Any, Any, Any]) -> Any:
+    """Run a coroutine that never suspends to its end, synchronously.
+
+    The runner's chunk and management code is written once, as coroutines; for
+    plain handlers nothing in it awaits anything that suspends, so a worker
+    thread can run it without an event loop.
+    """
+    try:
+        coro.send(None)
+    except StopIteration as done:
+        return done.value
+    coro.close()
+    raise RuntimeError("udfd: a plain handler's callback suspended")
+
+
+class HandlerLoop:
+    """An event loop in a thread of its own, for one connection's coroutine callbacks.
+
+    A coroutine callback that blocks by mistake (``time.sleep`` in ``async def``)
+    then blocks only its own connection, never the I/O loop.
+    """
+
+    def __init__(self, name: str) -> None:
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._main, name=f"udfd-async-{name}", daemon=True)
+        self._thread.start()
+
+    def _main(self) -> None:
+        try:
+            self._loop.run_forever()
+        finally:
+            self._loop.close()
+
+    async def run(self, coro: Coroutine[Any, Any, Any]) -> Any:
+        future = asyncio.run_coroutine_threadsafe(coro, self._loop)
+        try:
+            return await asyncio.wrap_future(future)
+        finally:
+            future.cancel()  # abandoned on cancellation: the handler's loop cancels it
+
+    def stop(self) -> None:
+        """Ask the loop to end; a callback still blocking in it is abandoned with its thread."""
+        with contextlib.suppress(RuntimeError):  # closed already
+            self._loop.call_soon_threadsafe(self._loop.stop)
 
 
 class Fatal(Exception):
@@ -111,6 +163,8 @@ class Runner:
         limits: Limits,
         stats: Stats,
         request_flush: Callable[[], None],
+        emit: Callable[[bytes, int], None],
+        wait_writable: Callable[[], None],
     ) -> None:
         self._source = source
         self._function = function
@@ -119,7 +173,20 @@ class Runner:
         self._limits = limits
         self._stats = stats
         self._request_flush = request_flush
+        #: thread-safe: hand joined frames (and their point count) to the connection's writer
+        self._emit = emit
+        #: thread-safe and blocking: wait while the writer is above its high-water mark
+        self._wait_writable = wait_writable
         self.tally = Tally()
+        #: handler code is running (a chunk or a callback), as the loop thread sees it
+        self.busy = False
+        #: frames handled so far; the connection's watchdog reads it to tell a handler
+        #: that is slow but moving from one stuck in a single call
+        self.progress = 0
+        #: the thread running handler code now (for the stack of a slow or stuck call)
+        self.thread_id = 0
+        self._handler_loop: HandlerLoop | None = None
+        self._last_publish = 0.0
         self.out = OutputBuffer(provides_batch=False)
         #: set when the connection ends: a worker thread left running stops early
         self.stopping = False
@@ -161,33 +228,71 @@ class Runner:
             self._function = spec.name
         self.out = OutputBuffer(provides_batch=spec.provides is Edge.BATCH)
         self._wants_batch = spec.wants is Edge.BATCH
+        if spec.is_async:
+            self._handler_loop = HandlerLoop(self._function)
         return spec
 
     async def process_chunk(self, frames: list[bytes]) -> None:
-        spec = self._spec
-        assert spec is not None
+        """Handle one chunk of frames, off the event loop thread.
+
+        Plain callbacks run in a worker thread of the function's pool, the whole
+        chunk in one hop; coroutine callbacks run on this connection's own event
+        loop thread (:class:`HandlerLoop`), so even one that blocks by mistake
+        never stalls the I/O loop that answers Info and keepalives.
+        """
+        assert self._spec is not None
+        self.busy = True
+        try:
+            if self._handler_loop is not None:
+                await self._handler_loop.run(self._process(frames))
+            else:
+                await self._in_thread(_drive, self._process(frames))
+        finally:
+            self.busy = False
+            self.merge_tally()
+
+    async def _process(self, frames: list[bytes]) -> None:
+        """The chunk itself, on the handler's thread; plain handlers never suspend here."""
+        self.thread_id = threading.get_ident()
         i = 0
         n = len(frames)
-        threaded = spec.threaded
-        is_async = bool(spec.is_async & {"point", "begin_batch", "end_batch"})
-        step = self._limits.slice_frames
-        try:
-            while i < n:
-                first = frames[i][0] if frames[i] else 0
-                if first >= _DATA_TAG and self._handler is not None:
-                    stop = min(n, i + step)
-                    if is_async:
-                        i = await self._data_async(frames, i, stop)
-                    elif threaded:
-                        i = await self._in_thread(self._data_sync, frames, i, stop)
-                    else:
-                        i = self._data_sync(frames, i, stop)
-                        await anyio.lowlevel.checkpoint()
+        is_async = self._handler_loop is not None
+        while i < n and not self.stopping:
+            first = frames[i][0] if frames[i] else 0
+            if first >= _DATA_TAG and self._handler is not None:
+                if is_async:
+                    i = await self._data_async(frames, i, n)
                 else:
-                    await self._manage(frames[i])
-                    i += 1
-        finally:
-            self.merge_tally()
+                    i = self._data_sync(frames, i, n)
+            else:
+                await self._manage(frames[i])
+                i += 1
+                self.progress += 1
+                self.publish()
+
+    # ------------------------------------------------------------ output handoff
+
+    def publish(self) -> None:
+        """Hand the output produced so far to the writer, then wait while it is full.
+
+        Runs on the handler's thread. Waiting here is the handler path's
+        backpressure: a peer that stops reading stops the handler, instead of
+        growing udfd's memory.
+        """
+        self._last_publish = time.monotonic()
+        out = self.out
+        if out.frames or out.points:
+            data = out.take()  # joined here, off the event loop thread
+            points, out.points = out.points, 0
+            self._emit(data, points)
+        self._wait_writable()
+
+    def _tick(self) -> None:
+        """Called every few frames of the hot loop: publish what waited long enough."""
+        if len(self.out.frames) >= PUBLISH_FRAMES or (
+            time.monotonic() - self._last_publish >= PUBLISH_INTERVAL and self.out.frames
+        ):
+            self.publish()
 
     def _data_sync(self, frames: list[bytes], start: int, stop: int) -> int:
         """Handle data frames from ``start`` up to ``stop`` or the next management frame.
@@ -212,8 +317,12 @@ class Runner:
         points = points_out = 0
         kind = wire.POINT
         msg: Any = None
+        tick = self._tick
         try:
             while i < stop and not self.stopping:
+                self.progress += 1
+                if not i & 63:
+                    tick()
                 frame = frames[i]
                 size = len(frame)
                 if (
@@ -266,11 +375,13 @@ class Runner:
         handler = self._handler
         assert handler is not None
         i = start
-        while i < stop:
+        while i < stop and not self.stopping:
             frame = frames[i]
             if not frame or frame[0] < _DATA_TAG:
                 break
             i += 1
+            self.progress += 1
+            self._tick()
             try:
                 kind, msg = _decode_request(frame)
             except ProtocolError as exc:
@@ -352,7 +463,7 @@ class Runner:
     async def call_for_output(self, fn: Callable[[], Any]) -> None:
         """Run a callback whose result is output, honouring async/threaded and the policy."""
         try:
-            self.out.add(await self._call(fn))
+            self.out.add(await self._off_loop(fn))
         except OutputError as exc:
             raise Fatal(f"{self._function}: invalid handler output: {exc}") from None
         except Fatal:
@@ -365,12 +476,13 @@ class Runner:
 
         A separate pool per function means a function whose handler hangs cannot
         starve another function's Init. Cancellation abandons the thread (Python
-        cannot stop it); ``busy`` stays set until it really returns, so ``close``
+        cannot stop it); ``_busy`` stays set until it really returns, so ``close``
         is never called on a handler still running.
         """
 
         def marked() -> Any:
             self._busy.set()
+            self.thread_id = threading.get_ident()
             try:
                 return fn(*args)
             finally:
@@ -381,13 +493,28 @@ class Runner:
         )
 
     async def _call(self, fn: Callable[..., Any], *args: Any) -> Any:
-        spec = self._spec
-        if spec is not None and spec.threaded:
-            return await self._in_thread(fn, *args)
+        """Call a callback where the runner runs now (the handler's thread or loop).
+
+        For plain handlers this never suspends, which is what lets :func:`_drive`
+        run the management code synchronously in the worker thread.
+        """
+        self.thread_id = threading.get_ident()
         result = fn(*args)
         if hasattr(result, "__await__"):
+            if self._handler_loop is None:
+                raise TypeError(f"{getattr(fn, '__name__', fn)}() returned an awaitable")
             result = await result
         return result
+
+    async def _off_loop(self, fn: Callable[..., Any]) -> Any:
+        """Run one callback (from the loop thread) where handler code runs."""
+        self.busy = True
+        try:
+            if self._handler_loop is not None:
+                return await self._handler_loop.run(self._call(fn))
+            return await self._in_thread(_drive, self._call(fn))
+        finally:
+            self.busy = False
 
     # ------------------------------------------------------------ management
 
@@ -402,9 +529,15 @@ class Runner:
             return
         with anyio.move_on_after(CLOSE_TIMEOUT):
             try:
-                await self._call(handler.close)
+                await self._off_loop(handler.close)
             except HANDLER_FAILURES:
                 self.log.exception("handler close failed")
+        self.stop_handler_loop()
+
+    def stop_handler_loop(self) -> None:
+        """End this connection's coroutine-handler thread, if it has one."""
+        if self._handler_loop is not None:
+            self._handler_loop.stop()
 
     def merge_tally(self) -> None:
         """Add what worker threads counted to the shared stats (on the loop thread)."""

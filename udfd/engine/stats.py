@@ -23,6 +23,12 @@ class Stats:
     handler_errors: int = 0
     protocol_errors: int = 0
     keepalives: int = 0
+    #: unsolicited keepalive answers sent while a handler worked on a backlog
+    heartbeats: int = 0
+    #: handler calls logged as slower than ``slow_call``
+    slow_calls: int = 0
+    #: handler calls stuck past ``handler_timeout`` (their connection was ended)
+    handler_timeouts: int = 0
     bytes_in: int = 0
     bytes_out: int = 0
     last_error: str = ""

@@ -7,11 +7,16 @@ chunk of a thousand points costs one system call, and an idle connection flushes
 at once (nothing waits for a timer or the next keepalive).
 
 ``put`` never blocks, so the reader can answer keepalives while Kapacitor is slow
-to read; ``put_and_wait`` is the handler path's backpressure: it waits while more
-than ``high_water`` bytes are queued.
+to read. Bytes count against ``high_water`` from the moment they are queued until
+the kernel took them (bytes being sent are still ours): ``wait_writable`` is the
+event loop's backpressure and ``writable`` (a ``threading.Event``) the handler
+threads'.
 """
 
 from __future__ import annotations
+
+import threading
+import time
 
 import anyio
 import anyio.abc
@@ -23,36 +28,67 @@ class FrameWriter:
         "_drained",
         "_failed",
         "_high_water",
+        "_inflight",
         "_pending",
         "_pending_bytes",
         "_stream",
+        "_urgent",
         "_wakeup",
         "bytes_sent",
+        "last_send",
+        "writable",
     )
 
     def __init__(self, stream: anyio.abc.ByteSendStream, high_water: int = 1 << 20) -> None:
         self._stream = stream
         self._high_water = high_water
         self._pending: list[bytes] = []
-        self._pending_bytes = 0
+        #: keepalive answers, sent ahead of ``_pending``, in their own order
+        self._urgent: list[bytes] = []
+        self._pending_bytes = 0  # queued in either list
+        self._inflight = 0  # handed to send() and not yet accepted by the kernel
         self._closed = False
         self._failed: BaseException | None = None
         self._wakeup = anyio.Event()
         self._drained = anyio.Event()
         self.bytes_sent = 0
+        #: monotonic time of the last completed send (the heartbeat watches it)
+        self.last_send = time.monotonic()
+        #: set while at or below the high-water mark, or once sending stopped
+        self.writable = threading.Event()
+        self.writable.set()
 
     @property
     def failed(self) -> BaseException | None:
         """Why sending stopped (the peer went away), if it did."""
         return self._failed
 
+    @property
+    def queued(self) -> int:
+        """Bytes not yet accepted by the kernel: queued plus in flight."""
+        return self._pending_bytes + self._inflight
+
+    @property
+    def full(self) -> bool:
+        return self._pending_bytes + self._inflight > self._high_water and self._failed is None
+
+    @property
+    def idle(self) -> bool:
+        """Nothing queued or in flight."""
+        return not self._pending_bytes and not self._inflight
+
+    def _queued(self, size: int) -> None:
+        self._pending_bytes += size
+        if self.full:
+            self.writable.clear()
+        self._wakeup.set()
+
     def put(self, data: bytes) -> None:
         """Queue bytes for sending; never blocks. Ignored once closed or failed."""
         if self._closed or self._failed is not None or not data:
             return
         self._pending.append(data)
-        self._pending_bytes += len(data)
-        self._wakeup.set()
+        self._queued(len(data))
 
     def put_urgent(self, data: bytes) -> None:
         """Queue bytes ahead of everything not yet sent (keepalive answers).
@@ -63,21 +99,19 @@ class FrameWriter:
         """
         if self._closed or self._failed is not None or not data:
             return
-        self._pending.insert(0, data)
-        self._pending_bytes += len(data)
-        self._wakeup.set()
+        self._urgent.append(data)
+        self._queued(len(data))
 
     def put_many(self, frames: list[bytes]) -> None:
         if self._closed or self._failed is not None or not frames:
             return
         data = b"".join(frames)
         self._pending.append(data)
-        self._pending_bytes += len(data)
-        self._wakeup.set()
+        self._queued(len(data))
 
     async def wait_writable(self) -> None:
-        """Wait until the queue is below the high-water mark (or sending stopped)."""
-        while self._pending_bytes > self._high_water and self._failed is None:
+        """Wait until the queue is at or below the high-water mark (or sending stopped)."""
+        while self.full:
             if self._drained.is_set():
                 self._drained = anyio.Event()
             await self._drained.wait()
@@ -87,24 +121,35 @@ class FrameWriter:
         self._closed = True
         self._wakeup.set()
 
+    def _stopped(self, exc: BaseException | None) -> None:
+        self._failed = exc
+        self._pending, self._urgent = [], []
+        self._pending_bytes = self._inflight = 0
+        self.writable.set()
+        self._drained.set()
+
     async def run(self) -> None:
         """Send queued data until closed and drained. Owned by the connection's task group."""
         while True:
-            if not self._pending:
+            if not self._pending and not self._urgent:
                 if self._closed:
                     return
                 self._drained.set()
                 await self._wakeup.wait()
                 self._wakeup = anyio.Event()
                 continue
-            data = self._pending[0] if len(self._pending) == 1 else b"".join(self._pending)
-            self._pending = []
-            self._pending_bytes = 0
+            parts = self._urgent + self._pending if self._urgent else self._pending
+            data = parts[0] if len(parts) == 1 else b"".join(parts)
+            self._pending, self._urgent = [], []
+            self._inflight, self._pending_bytes = self._pending_bytes, 0
             try:
                 await self._stream.send(data)
             except (anyio.BrokenResourceError, anyio.ClosedResourceError, OSError) as exc:
-                self._failed = exc
-                self._drained.set()
+                self._stopped(exc)
                 return
             self.bytes_sent += len(data)
-            self._drained.set()
+            self._inflight = 0
+            self.last_send = time.monotonic()
+            if not self.full:
+                self.writable.set()
+                self._drained.set()
