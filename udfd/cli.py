@@ -118,11 +118,11 @@ def _load(args: argparse.Namespace) -> Config:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    from udfd.serve.daemon import Daemon, run_until_signalled
+    from udfd.serve.supervisor import Supervisor, run_until_signalled
 
     config = _load(args)
     logs.configure(config.log_level, config.log_format)
-    daemon = Daemon(config)
+    daemon = Supervisor(config)
     daemon.prepare()  # binds every socket; StartupError here exits with EXIT_STARTUP
     try:
         import uvloop  # noqa: F401
@@ -222,7 +222,7 @@ def cmd_check(args: argparse.Namespace) -> int:
     """
     from udfd.plugins.loader import discover
     from udfd.protocol.client import probe_info
-    from udfd.serve.daemon import STATUS_INTERVAL
+    from udfd.serve.supervisor import STATUS_INTERVAL
     from udfd.serve.status import STATUS_FILE, read_status
 
     config = _load(args)

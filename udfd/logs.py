@@ -13,7 +13,7 @@ import sys
 import time
 from typing import Any
 
-CONTEXT_FIELDS = ("function", "task", "node")
+CONTEXT_FIELDS = ("function", "task", "node", "worker")
 
 
 class PlainFormatter(logging.Formatter):
@@ -47,10 +47,28 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(data, separators=(",", ":"))
 
 
-def configure(level: str = "info", fmt: str = "plain") -> None:
-    """Install one stderr handler on the root logger (replacing earlier ones)."""
+class _Worker(logging.Filter):
+    """Marks every record of a worker process with the worker's name."""
+
+    def __init__(self, label: str) -> None:
+        super().__init__()
+        self.label = label
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        record.worker = self.label
+        return True
+
+
+def configure(level: str = "info", fmt: str = "plain", worker: str = "") -> None:
+    """Install one stderr handler on the root logger (replacing earlier ones).
+
+    ``worker`` labels every line of a worker process (``default/1 pid 4242``), so
+    the one log that supervisor and workers share tells them apart.
+    """
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(JsonFormatter() if fmt == "json" else PlainFormatter())
+    if worker:
+        handler.addFilter(_Worker(worker))
     root = logging.getLogger()
     for old in list(root.handlers):
         root.removeHandler(old)

@@ -88,6 +88,7 @@ CONFIG_ENV = "UDFD_CONFIG"
 _NOT_SETTINGS = frozenset({"config"})
 STATE_FILE_NAME = "info.json"
 DEFAULT_HEALTH = "udfd-health.sock"
+DEFAULT_POOL = "default"
 
 _HOST_PORT = re.compile(r"(\[[0-9A-Fa-f:.]+\]|[^/:\[\]]*):(\d+)\Z")
 
@@ -108,10 +109,22 @@ class FunctionConfig(BaseModel):
     socket_group: str | None = Field(default=None, min_length=1)
     timeout: Duration | None = None
     error_policy: ErrorPolicy | None = None
-    #: run the handler in a worker thread even if it does not ask for it
+    #: accepted for compatibility; every handler runs off the I/O thread anyway
     threaded: bool = False
+    #: the pool of worker processes that serves this function ("default" or [pools.NAME])
+    pool: str = Field(default=DEFAULT_POOL, min_length=1)
+    handler_timeout: Duration | None = None
+    slow_call: Duration | None = None
     #: defaults for the handler's options (TICKscript values override them)
     options: dict[str, Any] = Field(default_factory=dict)
+
+
+class PoolConfig(BaseModel):
+    """One ``[pools.NAME]`` table: worker processes that serve only their functions."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    workers: int = Field(default=1, ge=1, le=64)
 
 
 class Config(BaseSettings):
@@ -140,6 +153,13 @@ class Config(BaseSettings):
     socket_group: str | None = Field(default=None, min_length=1)
     timeout: Duration = timedelta(seconds=10)
     error_policy: ErrorPolicy = ErrorPolicy.ERROR
+    #: a handler call running longer ends its connection (stack logged)
+    handler_timeout: Duration = timedelta(seconds=30)
+    #: a handler call running longer is logged with its stack
+    slow_call: Duration = timedelta(seconds=1)
+    #: worker processes of the default pool
+    workers: int = Field(default=1, ge=1, le=64)
+    pools: dict[FunctionName, PoolConfig] = Field(default_factory=dict)
     functions: dict[FunctionName, FunctionConfig] = Field(default_factory=dict)
 
     #: not a setting: the file this was read from (frozen applies to fields only)
@@ -182,9 +202,19 @@ class Config(BaseSettings):
                 "or set serve_installed = true"
             )
         problems += _socket_problems(self, self.functions)
+        for name, fn in self.functions.items():
+            if fn.pool != DEFAULT_POOL and fn.pool not in self.pools:
+                known = ", ".join([DEFAULT_POOL, *sorted(self.pools)])
+                problems.append(f"functions.{name}.pool: no pool {fn.pool!r} (pools: {known})")
+        if DEFAULT_POOL in self.pools:
+            problems.append(f"pools.{DEFAULT_POOL}: set the default pool's size with `workers`")
         if problems:
             raise PydanticCustomError("udfd_config", "\n".join(problems))
         return self
+
+    def pool_sizes(self) -> dict[str, int]:
+        """Worker processes per pool, the default pool first."""
+        return {DEFAULT_POOL: self.workers, **{n: p.workers for n, p in self.pools.items()}}
 
     def allows(self, distribution: str) -> bool:
         """Whether handlers of this distribution may be loaded (the allow-list)."""
@@ -436,6 +466,9 @@ class Function:
     base_dir: Path
     #: "config" (a [functions.NAME] table) or "installed" (serve_installed)
     origin: Literal["config", "installed"]
+    pool: str = DEFAULT_POOL
+    handler_timeout: timedelta = timedelta(seconds=30)
+    slow_call: timedelta = timedelta(seconds=1)
 
 
 def resolve_functions(
@@ -480,6 +513,9 @@ def resolve_functions(
                 error_policy=fn.error_policy or config.error_policy,
                 threaded=fn.threaded,
                 options=MappingProxyType(dict(fn.options)),
+                pool=fn.pool,
+                handler_timeout=fn.handler_timeout or config.handler_timeout,
+                slow_call=fn.slow_call or config.slow_call,
                 base_dir=base_dir,
                 origin=origin,
             )

@@ -63,8 +63,12 @@ class Connection:
         error_policy: ErrorPolicy = ErrorPolicy.ERROR,
         limits: Limits | None = None,
         stats: Stats | None = None,
+        initial: bytes = b"",
     ) -> None:
+        """``initial``: bytes already read from the socket (by the supervisor, which held
+        the connection while no worker was up); they are handled before the first read."""
         self._stream = stream
+        self._initial = initial
         source = FixedSource(source) if isinstance(source, HandlerSpec) else source
         spec = source.spec
         function = function or (spec.name if spec is not None else "")
@@ -155,6 +159,7 @@ class Connection:
         read_size = self._limits.read_size
         receive = self._stream.receive
         writer = self._writer
+        initial, self._initial = self._initial, b""
         with send:
             try:
                 while True:
@@ -162,7 +167,8 @@ class Connection:
                     # sends requests but never reads must not grow our memory
                     await writer.wait_writable()
                     try:
-                        data = await receive(read_size)
+                        data = initial or await receive(read_size)
+                        initial = b""
                     except anyio.EndOfStream:
                         decoder.check_eof()
                         return

@@ -75,6 +75,11 @@ class FrameDecoder:
         """Bytes received but not yet part of a complete frame."""
         return len(self._buffer)
 
+    def take_remainder(self) -> bytes:
+        """The bytes of an incomplete frame, handed over with the socket (and forgotten)."""
+        rest, self._buffer = self._buffer, b""
+        return rest
+
     def feed(self, data: bytes) -> list[bytes]:
         """Add received bytes; return the frames they complete, in order.
 

@@ -13,7 +13,6 @@ import logging
 import math
 import os
 import socket
-import stat
 import time
 from collections.abc import Mapping
 from pathlib import Path
@@ -23,25 +22,24 @@ import anyio
 import anyio.abc
 from anyio.abc import TaskStatus
 
-from udfd.engine.connection import Connection
 from udfd.engine.limits import Limits
-from udfd.engine.source import THREADS_PER_FUNCTION
-from udfd.engine.stats import Stats
 from udfd.errors import StartupError
 from udfd.handler import ErrorPolicy, HandlerSpec
 from udfd.protocol.proto import udf_pb2 as pb
-from udfd.serve.sockets import bind_unix
+from udfd.serve.runtime import Connections, FunctionRuntime
+from udfd.serve.sockets import bind_unix, remove_socket_file
 
 __all__ = ["Site"]
-
-#: after the grace period, how long aborted connections get to flush their ErrorResponse
-ABORT_FLUSH = 1.0
 
 log = logging.getLogger("udfd.serve.site")
 
 
-class Site:
-    """Serves one function: accepts on its socket and runs a Connection per peer."""
+class Site(FunctionRuntime):
+    """Serves one function in this process: accepts on its socket, a Connection per peer.
+
+    What ``udfd.testing`` uses; the daemon's supervisor accepts instead and hands
+    each connection to a worker process.
+    """
 
     def __init__(
         self,
@@ -55,60 +53,23 @@ class Site:
         init_error: str | None = None,
         early_info: pb.InfoResponse | None = None,
     ) -> None:
-        self.name = name
+        super().__init__(
+            name,
+            spec,
+            defaults=defaults,
+            error_policy=error_policy,
+            limits=limits,
+            init_error=init_error,
+            early_info=early_info,
+        )
         self.path = path
-        self.defaults = dict(defaults or {})
-        self.error_policy = error_policy
-        self.limits = limits or Limits()
-        self.stats = Stats()
-        self._spec = spec
-        self._init_error = init_error
-        #: Info served while the handler is still loading (the one last served)
-        self._early_info = early_info
-        self._loaded = anyio.Event()
-        if spec is not None:
-            self._loaded.set()
         self._sock: socket.socket | None = None
         self._inode: int | None = None  # of the socket file we created, removed on exit
         self._accept_scope = anyio.CancelScope()
-        self._connections: set[Connection] = set()
-        self._idle = anyio.Event()
-        self._idle.set()
+        self._connections = Connections()
         self._accept_errors_logged = -math.inf
-        self._threads = anyio.CapacityLimiter(THREADS_PER_FUNCTION)
         #: set once the listening socket is closed: no new connection can arrive
         self.stopped_accepting = anyio.Event()
-
-    # ---- the HandlerSource a Connection reads
-
-    @property
-    def spec(self) -> HandlerSpec | None:
-        return self._spec
-
-    @property
-    def init_error(self) -> str | None:
-        return self._init_error
-
-    @property
-    def early_info(self) -> pb.InfoResponse | None:
-        return self._early_info
-
-    @property
-    def thread_limiter(self) -> anyio.CapacityLimiter:
-        return self._threads
-
-    async def wait_loaded(self) -> None:
-        await self._loaded.wait()
-
-    def set_handler(self, spec: HandlerSpec, init_error: str | None = None) -> None:
-        """Provide the handler after binding; waiting connections proceed with it."""
-        self._spec = spec
-        self._init_error = init_error
-        self._loaded.set()
-
-    @property
-    def loaded(self) -> bool:
-        return self._loaded.is_set()
 
     # ---- the socket
 
@@ -131,11 +92,7 @@ class Site:
         grace: float = 10.0,
         task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED,
     ) -> None:
-        """Accept until :meth:`stop_accepting`, then give connections ``grace`` seconds.
-
-        Connections still open after the grace get an ErrorResponse saying udfd is
-        shutting down (so Kapacitor's task error says why), then are cancelled.
-        """
+        """Accept until :meth:`stop_accepting`, then give connections ``grace`` seconds."""
         if self._sock is None:
             raise StartupError(f"{self.name}: serve() before bind()")
         try:
@@ -146,29 +103,14 @@ class Site:
                         task_status.started()
                         await self._accept_loop(listener, tg)
                 self.stopped_accepting.set()
-                with anyio.move_on_after(grace):
-                    await self._idle.wait()
-                if self._connections:
-                    log.warning(
-                        "%s: %d connection(s) still open after %.1fs; ending them",
-                        self.name,
-                        len(self._connections),
-                        grace,
-                    )
-                    for connection in list(self._connections):
-                        connection.abort("udfd is shutting down")
-                    with anyio.move_on_after(ABORT_FLUSH):
-                        await self._idle.wait()
+                await self._connections.drain(grace, self.name)
                 tg.cancel_scope.cancel()
         finally:
             self.stopped_accepting.set()
             if self._sock is not None:
                 self._sock.close()  # normally closed with the listener already; a no-op then
-            # a connection cancelled before its task ran still owns an open socket
-            for connection in list(self._connections):
-                await connection.close_unstarted()
-            self._connections.clear()
-            self._remove_socket_file()
+            await self._connections.close_unstarted()
+            remove_socket_file(self.path, self._inode)
 
     async def _accept_loop(
         self, listener: anyio.abc.SocketListener, tg: anyio.abc.TaskGroup
@@ -184,39 +126,6 @@ class Site:
                     log.error("%s: accept failed (%s); retrying", self.name, exc)
                 await anyio.sleep(0.1)
                 continue
-            connection = Connection(
-                stream,
-                self,
-                function=self.name,
-                defaults=self.defaults,
-                error_policy=self.error_policy,
-                limits=self.limits,
-                stats=self.stats,
-            )
-            # counted before its task starts, so draining never misses it
+            connection = self.connection(stream)
             self._connections.add(connection)
-            self._idle = anyio.Event()
-            tg.start_soon(self._run_connection, connection, stream)
-
-    async def _run_connection(self, connection: Connection, stream: anyio.abc.SocketStream) -> None:
-        try:
-            await connection.serve()
-        except Exception:
-            # Connection handles its own failures; anything here is a udfd bug, and it
-            # must still not take the other connections of this function down.
-            log.exception("%s: connection failed unexpectedly", self.name)
-        finally:
-            self._connections.discard(connection)
-            if not self._connections:
-                self._idle.set()
-
-    def _remove_socket_file(self) -> None:
-        try:
-            st = os.lstat(self.path)
-        except FileNotFoundError:
-            return
-        if stat.S_ISSOCK(st.st_mode) and st.st_ino == self._inode:
-            try:
-                os.unlink(self.path)
-            except OSError as exc:
-                log.warning("could not remove socket %s: %s", self.path, exc)
+            tg.start_soon(self._connections.serve, connection, self.name)

@@ -110,3 +110,16 @@ def bind_unix(path: Path, *, mode: int | None = None, group: str | None = None) 
         sock.close()
         raise StartupError(f"cannot bind {path}: {exc}") from None
     return sock
+
+
+def remove_socket_file(path: Path, inode: int | None) -> None:
+    """Remove the socket file we created, and only that one (checked by inode)."""
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        return
+    if stat.S_ISSOCK(st.st_mode) and st.st_ino == inode:
+        try:
+            os.unlink(path)
+        except OSError as exc:
+            log.warning("could not remove socket %s: %s", path, exc)

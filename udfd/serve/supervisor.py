@@ -1,0 +1,714 @@
+"""The supervisor: binds every socket, accepts, hands connections to pools of workers.
+
+No handler code ever runs here. Start-up order is the point of this process:
+Kapacitor refuses to start until every UDF socket answers Info, so
+
+1. read entry-point metadata and resolve the functions (cheap, no imports);
+2. bind every socket (stale ones removed, foreign ones refused), then fork the
+   spawner, which forks the workers; all before the event loop starts;
+3. accept at once: a connection goes to the least busy worker of its
+   function's pool, as a file descriptor over that worker's control channel.
+   While the pool has no worker up (start-up, a crash, a reload) the
+   supervisor holds the connection itself: Info (the one last served) and
+   keepalives are answered, everything else waits for the worker;
+4. each worker imports its pool's handlers and reports; once every function
+   is loaded or failed, udfd reports ready (log, systemd, status file).
+
+SIGTERM/SIGINT: stop accepting, tell every worker to drain for the grace
+period, kill the ones still there after it, remove our socket files. A second
+SIGINT exits at once. SIGHUP (``udfd reload``) re-reads the config and starts a
+new generation of workers; see :meth:`Supervisor.reload`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import logging
+import os
+import signal
+import socket
+import time
+from dataclasses import dataclass, field, fields
+from typing import Any
+
+import anyio
+import anyio.to_thread
+from anyio.abc import TaskGroup, TaskStatus
+
+from udfd.config import Config, Function, load_config, resolve_functions
+from udfd.engine.limits import Limits
+from udfd.engine.stats import Stats
+from udfd.errors import ConfigError, StartupError
+from udfd.plugins.fallback import InfoStore
+from udfd.plugins.loader import discover
+from udfd.protocol.proto import udf_pb2 as pb
+from udfd.serve import systemd
+from udfd.serve.channel import Channel, ChannelClosed
+from udfd.serve.holding import HeldConnection
+from udfd.serve.pool import Pool, WorkerHandle
+from udfd.serve.sockets import bind_unix, remove_socket_file
+from udfd.serve.spawner import Spawner, describe_status
+from udfd.serve.status import STATUS_FILE, remove_status, write_status
+from udfd.serve.worker import WorkerSpec
+
+__all__ = ["STATUS_INTERVAL", "Supervisor", "run_until_signalled"]
+
+log = logging.getLogger("udfd.supervisor")
+
+#: seconds between refreshes of the status file's counters
+STATUS_INTERVAL = 5.0
+#: how long a held connection waits for a worker before it is told why not
+HOLD_TIMEOUT = 30.0
+#: after the grace period, how long workers get to flush and exit before SIGKILL
+STOP_MARGIN = 3.0
+_COUNTERS = [f.name for f in fields(Stats) if f.type in ("int", int)]
+
+
+@dataclass(eq=False)
+class FunctionState:
+    """One function as the supervisor, health and ``udfd check`` see it."""
+
+    function: Function
+    sock: socket.socket
+    inode: int | None
+    state: str = "loading"  # loading | ready | failed
+    error: str = ""
+    origin: str = ""
+    #: the Info to answer while no worker is up (last served, or reported)
+    info: pb.InfoResponse | None = None
+    #: the generation whose load result ``state`` is
+    generation: int = -1
+    #: counters of workers that are gone
+    base: dict[str, Any] = field(default_factory=dict)
+    #: the accept loop's scope (made on the event loop); None: not accepting yet
+    accept_scope: anyio.CancelScope | None = None
+    closed: bool = False
+
+    @property
+    def name(self) -> str:
+        return self.function.name
+
+    def counters(self, workers: list[WorkerHandle]) -> dict[str, Any]:
+        total: dict[str, Any] = {k: self.base.get(k, 0) for k in _COUNTERS}
+        last_error, last_time = self.base.get("last_error", ""), self.base.get("last_error_time", 0)
+        for w in workers:
+            s = w.stats.get(self.name)
+            if not s:
+                continue
+            for k in _COUNTERS:
+                total[k] += s.get(k, 0)
+            if s.get("last_error_time", 0) > last_time:
+                last_error, last_time = s["last_error"], s["last_error_time"]
+        return {**total, "last_error": last_error, "last_error_time": last_time}
+
+    def as_dict(self, workers: list[WorkerHandle]) -> dict[str, Any]:
+        counters = self.counters(workers)
+        return {
+            "name": self.name,
+            "socket": str(self.function.socket),
+            "handler": self.function.handler,
+            "pool": self.function.pool,
+            "state": self.state,
+            "error": self.error,
+            "origin": self.origin,
+            "worker_pids": [
+                w.pid for w in workers if w.pool == self.function.pool and not w.retired
+            ],
+            **counters,
+        }
+
+
+def _limits(config: Config, fn: Function) -> Limits:
+    return Limits(
+        max_message_size=config.max_message_size,
+        handler_timeout=fn.handler_timeout.total_seconds(),
+        slow_call=fn.slow_call.total_seconds(),
+        heartbeat=max(0.05, min(1.0, fn.timeout.total_seconds() / 4)),
+    )
+
+
+class Supervisor:
+    """Owns the sockets, the spawner and the pools; the CLI runs it."""
+
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self.functions: dict[str, FunctionState] = {}
+        self.pools: dict[str, Pool] = {}
+        self.started_at = time.time()
+        self.ready = anyio.Event()
+        self._stop = anyio.Event()
+        self.forced = False
+        self.generation = 0
+        self.reloads: dict[str, Any] = {"count": 0, "ok": True, "error": "", "time": 0.0}
+        self._status_path = config.state_dir / STATUS_FILE
+        self._store = InfoStore(config.state_file)
+        self._spawner: Spawner | None = None
+        self._spawner_channel: Channel | None = None
+        self._spawned: dict[int, anyio.Event] = {}
+        self._spawn_pids: dict[int, int] = {}
+        self._exits: dict[int, int] = {}
+        self._exit_events: dict[int, anyio.Event] = {}
+        self._tokens = itertools.count(1)
+        self._conn_ids = itertools.count(1)
+        self._tg: TaskGroup | None = None
+        self._publish_lock: anyio.Lock | None = None
+        self._all_gone = anyio.Event()
+        self._reload_lock: anyio.Lock | None = None
+        self._announced = -1  # the generation whose readiness was reported
+        #: workers of earlier generations, still serving their open connections
+        self._retired: list[WorkerHandle] = []
+
+    # ------------------------------------------------------------ start-up
+
+    def prepare(self) -> None:
+        """Resolve the functions, bind every socket and fork the spawner; no event loop yet.
+
+        A start-up failure (a socket owned by someone else, a bad path) surfaces
+        as a plain :class:`StartupError`, and binds all or none.
+        """
+        config = self.config
+        resolved = resolve_functions(config, discover(autoload=not config.disable_plugin_autoload))
+        if not resolved:
+            log.warning("no functions to serve: no handlers are installed or configured")
+        bound: list[FunctionState] = []
+        try:
+            for fn in resolved:
+                bound.append(self._bind(fn))
+        except StartupError:
+            for fs in bound:
+                fs.sock.close()
+                remove_socket_file(fs.function.socket, fs.inode)
+            raise
+        for fs in bound:
+            fs.info = self._store.get(fs.name)
+            self.functions[fs.name] = fs
+        for name, size in config.pool_sizes().items():
+            self.pools[name] = Pool(name, size, self.generation)
+        import udfd.serve.worker  # noqa: F401 - the spawner shares these pages with every worker
+
+        self._spawner = Spawner.start(fs.sock for fs in bound)
+
+    def _bind(self, fn: Function) -> FunctionState:
+        sock = bind_unix(fn.socket, mode=fn.socket_mode, group=fn.socket_group)
+        sock.setblocking(False)
+        try:
+            inode: int | None = os.lstat(fn.socket).st_ino
+        except OSError:
+            inode = None
+        return FunctionState(fn, sock, inode)
+
+    # ------------------------------------------------------------ lifecycle
+
+    def request_stop(self) -> None:
+        self._stop.set()
+
+    @property
+    def stopping(self) -> bool:
+        return self._stop.is_set()
+
+    async def run(self, *, task_status: TaskStatus[Supervisor] = anyio.TASK_STATUS_IGNORED) -> None:
+        if self._spawner is None:
+            self.prepare()
+        assert self._spawner is not None
+        self._spawner_channel = Channel(self._spawner.sock)
+        self._publish_lock = anyio.Lock()
+        self._reload_lock = anyio.Lock()
+        try:
+            async with anyio.create_task_group() as tg:
+                self._tg = tg
+                tg.start_soon(self._read_spawner)
+                for fs in self.functions.values():
+                    tg.start_soon(self._accept, fs)
+                for pool in self.pools.values():
+                    for slot in range(1, pool.size + 1):
+                        tg.start_soon(self._start_worker, pool, slot, 0.0, pool.generation)
+                await self._publish()
+                log.info(
+                    "listening on %d socket(s) in %s: %s",
+                    len(self.functions),
+                    self.config.socket_dir,
+                    ", ".join(self.functions) or "none",
+                )
+                log.info(
+                    "pools: %s",
+                    ", ".join(f"{p.name} ({p.size} worker(s))" for p in self.pools.values()),
+                )
+                systemd.notify(f"STATUS=loading {len(self.functions)} handler(s)")
+                if not self.functions:
+                    await self._report_ready()
+                task_status.started(self)
+                tg.start_soon(self._publish_periodically)
+                await self._stop.wait()
+                await self._shutdown()
+                tg.cancel_scope.cancel()
+        finally:
+            for fs in self.functions.values():
+                fs.sock.close()
+                remove_socket_file(fs.function.socket, fs.inode)
+            remove_status(self._status_path)
+            if self._spawner_channel is not None:
+                self._spawner_channel.close()
+            await self._reap_spawner()
+        log.info("stopped")
+
+    async def _shutdown(self) -> None:
+        grace = self.config.shutdown_grace.total_seconds()
+        systemd.notify("STOPPING=1", "STATUS=draining connections")
+        for fs in self.functions.values():
+            self._stop_accepting(fs)
+        log.info("stopping: no new connections; open ones get %.1fs to finish", grace)
+        workers = self._workers()
+        for w in workers:
+            w.stopping = True
+            with contextlib.suppress(ChannelClosed):
+                await w.channel.send({"op": "stop", "grace": grace})
+        if workers:
+            with anyio.move_on_after(grace + STOP_MARGIN):
+                await self._all_gone.wait()
+        for w in self._workers():
+            log.warning("worker %s (pid %d) did not exit in time; killing it", w.label, w.pid)
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(w.pid, signal.SIGKILL)
+        await self._publish()
+
+    def _stop_accepting(self, fs: FunctionState) -> None:
+        fs.closed = True
+        if fs.accept_scope is not None:
+            fs.accept_scope.cancel()
+        fs.sock.close()
+        remove_socket_file(fs.function.socket, fs.inode)
+
+    async def _reap_spawner(self) -> None:
+        spawner = self._spawner
+        if spawner is None:
+            return
+
+        def reap() -> None:
+            deadline = time.monotonic() + 5
+            while time.monotonic() < deadline:
+                pid, _ = os.waitpid(spawner.pid, os.WNOHANG)
+                if pid:
+                    return
+                time.sleep(0.02)
+            os.kill(spawner.pid, signal.SIGKILL)
+            os.waitpid(spawner.pid, 0)
+
+        with anyio.CancelScope(shield=True):
+            with contextlib.suppress(ChildProcessError):
+                await anyio.to_thread.run_sync(reap, abandon_on_cancel=True)
+
+    # ------------------------------------------------------------ workers
+
+    def _workers(self) -> list[WorkerHandle]:
+        return [w for pool in self.pools.values() for w in pool.workers] + self._retired
+
+    async def _read_spawner(self) -> None:
+        assert self._spawner_channel is not None
+        while True:
+            try:
+                header, _, fds = await self._spawner_channel.receive()
+            except ChannelClosed:
+                if not self.stopping:
+                    log.critical("the spawner process exited; udfd cannot start workers: stopping")
+                    self.request_stop()
+                return
+            for fd in fds:
+                os.close(fd)
+            if header["op"] == "spawned":
+                self._spawn_pids[header["token"]] = header["pid"]
+                self._spawned.pop(header["token"]).set()
+            elif header["op"] == "exited":
+                self._exits[header["pid"]] = header["status"]
+                event = self._exit_events.pop(header["pid"], None)
+                if event is not None:
+                    event.set()
+
+    def _spec(self, pool: Pool, slot: int) -> WorkerSpec:
+        config = self.config
+        functions = tuple(
+            fs.function for fs in self.functions.values() if fs.function.pool == pool.name
+        )
+        return WorkerSpec(
+            pool=pool.name,
+            generation=pool.generation,
+            slot=slot,
+            functions=functions,
+            limits={fn.name: _limits(config, fn) for fn in functions},
+            known_info={
+                fs.name: fs.info.SerializeToString()
+                for fs in self.functions.values()
+                if fs.info is not None and fs.function.pool == pool.name
+            },
+            autoload=not config.disable_plugin_autoload,
+            allow_distributions=config.allow_distributions,
+            log_level=config.log_level,
+            log_format=config.log_format,
+        ).portable()
+
+    async def _start_worker(self, pool: Pool, slot: int, delay: float, generation: int) -> None:
+        if delay:
+            await anyio.sleep(delay)
+        if self.stopping or pool.generation != generation or self.pools.get(pool.name) is not pool:
+            return
+        assert self._spawner_channel is not None
+        assert self._tg is not None
+        ours, theirs = _pair()
+        token = next(self._tokens)
+        spawned = self._spawned[token] = anyio.Event()
+        try:
+            await self._spawner_channel.send(
+                {"op": "spawn", "token": token, "spec": self._spec(pool, slot)},
+                fds=[theirs.fileno()],
+            )
+        except ChannelClosed:
+            ours.close()
+            return
+        finally:
+            theirs.close()
+        await spawned.wait()
+        pid = self._spawn_pids.pop(token)
+        worker = WorkerHandle(pool.name, generation, slot, pid, Channel(ours))
+        self._exit_events[pid] = anyio.Event()
+        pool.workers.append(worker)
+        log.info("worker %s started (pid %d)", worker.label, pid)
+        self._tg.start_soon(self._watch_worker, pool, worker)
+
+    async def _watch_worker(self, pool: Pool, worker: WorkerHandle) -> None:
+        try:
+            while True:
+                try:
+                    header, payload, fds = await worker.channel.receive()
+                except ChannelClosed:
+                    break
+                for fd in fds:
+                    os.close(fd)
+                await self._on_record(pool, worker, header, payload)
+        finally:
+            worker.channel.close()
+        await self._worker_gone(pool, worker)
+
+    async def _on_record(
+        self, pool: Pool, worker: WorkerHandle, header: dict[str, Any], payload: bytes
+    ) -> None:
+        op = header["op"]
+        if op == "hello":
+            worker.ready = True
+            pool.update_available()
+        elif op == "closed":
+            worker.connections -= 1
+        elif op == "stats":
+            worker.stats.update(header["functions"])
+        elif op == "loading":
+            worker.loading.add(header["function"])
+        elif op == "loaded":
+            worker.loading.discard(header["function"])
+            await self._loaded(worker, header, payload)
+
+    async def _loaded(self, worker: WorkerHandle, header: dict[str, Any], payload: bytes) -> None:
+        fs = self.functions.get(header["function"])
+        if fs is None or fs.function.pool != worker.pool or worker.retired:
+            return
+        first = fs.generation != worker.generation
+        fs.generation = worker.generation
+        fs.info = pb.InfoResponse.FromString(payload)
+        fs.error, fs.origin = header["error"], header["origin"]
+        fs.state = "ready" if header["ok"] else "failed"
+        if first:
+            if header["ok"]:
+                log.info("%s: serving %s on %s", fs.name, fs.origin, fs.function.socket)
+                await anyio.to_thread.run_sync(self._store.put, fs.name, fs.info)
+            else:
+                log.error(
+                    "%s: handler failed to load; its socket answers Info (%s) and Init fails "
+                    "with: %s",
+                    fs.name,
+                    header["info_source"],
+                    fs.error,
+                )
+        if not first:
+            return
+        if all(f.state != "loading" for f in self.functions.values()):
+            await self._report_ready()
+        else:
+            await self._publish()
+
+    async def _worker_gone(self, pool: Pool, worker: WorkerHandle) -> None:
+        event = self._exit_events.get(worker.pid)
+        if event is not None:
+            with anyio.move_on_after(2.0):
+                await event.wait()
+        status = self._exits.pop(worker.pid, None)
+        worker.exit = describe_status(status) if status is not None else "channel closed"
+        if worker in pool.workers:
+            pool.workers.remove(worker)
+        if worker in self._retired:
+            self._retired.remove(worker)
+        for name, stats in worker.stats.items():
+            fs = self.functions.get(name)
+            if fs is None:
+                continue
+            for key in _COUNTERS:
+                if key != "connections_active":
+                    fs.base[key] = fs.base.get(key, 0) + stats.get(key, 0)
+            if stats.get("last_error_time", 0) > fs.base.get("last_error_time", 0):
+                fs.base["last_error"] = stats["last_error"]
+                fs.base["last_error_time"] = stats["last_error_time"]
+        pool.update_available()
+        expected = worker.retired or worker.stopping or self.stopping
+        if not self._workers():
+            self._all_gone.set()
+        if expected:
+            log.info("worker %s (pid %d) exited (%s)", worker.label, worker.pid, worker.exit)
+            return
+        delay = pool.crashed(worker)
+        pool.restarts += 1
+        loading = f" while loading {', '.join(sorted(worker.loading))}" if worker.loading else ""
+        log.error(
+            "worker %s (pid %d) died%s: %s; its %d connection(s) ended; restarting in %.1fs",
+            worker.label,
+            worker.pid,
+            loading,
+            worker.exit,
+            worker.connections,
+            delay,
+        )
+        await self._publish()
+        assert self._tg is not None
+        self._tg.start_soon(self._start_worker, pool, worker.slot, delay, pool.generation)
+
+    # ------------------------------------------------------------ connections
+
+    async def _accept(self, fs: FunctionState) -> None:
+        errors_logged = -1e9
+        fs.accept_scope = anyio.CancelScope()
+        if fs.closed:
+            return
+        with fs.accept_scope:
+            while True:
+                try:
+                    await anyio.wait_readable(fs.sock)
+                    conn, _ = fs.sock.accept()
+                except BlockingIOError:
+                    continue
+                except OSError as exc:
+                    if fs.closed:
+                        return
+                    now = time.monotonic()
+                    if now - errors_logged > 10:
+                        errors_logged = now
+                        log.error("%s: accept failed (%s); retrying", fs.name, exc)
+                    await anyio.sleep(0.1)
+                    continue
+                await self._dispatch(fs, conn)
+
+    async def _dispatch(self, fs: FunctionState, conn: socket.socket, prefix: bytes = b"") -> None:
+        pool = self.pools[fs.function.pool]
+        worker = pool.pick()
+        if worker is not None:
+            cid = next(self._conn_ids)
+            try:
+                await worker.channel.send(
+                    {"op": "conn", "id": cid, "function": fs.name}, prefix, [conn.fileno()]
+                )
+            except ChannelClosed:
+                worker.ready = False  # it is going away: hold the connection instead
+                pool.update_available()
+            else:
+                worker.connections += 1
+                worker.connections_total += 1
+                conn.close()
+                return
+        assert self._tg is not None
+        self._tg.start_soon(self._hold, fs, conn, prefix)
+
+    async def _hold(self, fs: FunctionState, conn: socket.socket, prefix: bytes) -> None:
+        held = HeldConnection(conn, fs.name, lambda: fs.info, self.config.max_message_size)
+        if prefix:
+            held.preload(prefix)
+        try:
+            while not self.stopping:
+                pool = self.pools.get(fs.function.pool)
+                if pool is None:
+                    return
+                if not await held.serve_until(pool.available, HOLD_TIMEOUT):
+                    return
+                if pool.pick() is not None:
+                    data = held.release()
+                    await self._dispatch(fs, conn, data)
+                    conn = None  # type: ignore[assignment]
+                    return
+        finally:
+            if conn is not None:
+                conn.close()
+
+    # ------------------------------------------------------------ reload
+
+    async def reload(self) -> bool:
+        """Re-read the config; new functions get sockets, a new generation of workers
+        serves new connections, and the old workers keep theirs until they end.
+
+        A config that fails validation changes nothing: the problem is logged and
+        recorded in the status file, where ``udfd reload`` reads it.
+        """
+        assert self._reload_lock is not None
+        async with self._reload_lock:
+            ok = await self._reload()
+        self.reloads = {
+            "count": self.reloads["count"] + 1,
+            "ok": ok,
+            "error": self.reloads["error"] if not ok else "",
+            "time": time.time(),
+        }
+        await self._publish()
+        return ok
+
+    def _reload_failed(self, message: str) -> bool:
+        log.error("reload failed; nothing changed: %s", message)
+        self.reloads["error"] = message
+        return False
+
+    async def _reload(self) -> bool:
+        old = self.config
+        log.info("reloading %s", old.source or "the embedded default config")
+        try:
+            config = load_config(old.source)
+            resolved = resolve_functions(
+                config, discover(autoload=not config.disable_plugin_autoload)
+            )
+        except ConfigError as exc:
+            return self._reload_failed(str(exc))
+        new = {fn.name: fn for fn in resolved}
+        added: list[FunctionState] = []
+        try:
+            for name, fn in new.items():
+                current = self.functions.get(name)
+                if current is None or current.function.socket != fn.socket:
+                    added.append(self._bind(fn))
+        except StartupError as exc:
+            for fs in added:
+                fs.sock.close()
+                remove_socket_file(fs.function.socket, fs.inode)
+            return self._reload_failed(str(exc))
+        assert self._tg is not None
+        self.config = config
+        self.generation += 1
+        removed = [fs for name, fs in self.functions.items() if name not in new]
+        for fs in removed + [
+            self.functions[a.name] for a in added if a.name in self.functions
+        ]:  # a function whose socket moved stops accepting on the old path
+            self._stop_accepting(fs)
+            del self.functions[fs.name]
+        for name, fn in new.items():
+            if name in self.functions:
+                fs = self.functions[name]
+                if fs.function != fn:
+                    fs.state, fs.error = "loading", ""
+                fs.function = fn
+        for fs in added:
+            fs.info = self._store.get(fs.name)
+            self.functions[fs.name] = fs
+            self._tg.start_soon(self._accept, fs)
+        for fs in self.functions.values():
+            fs.generation = -1
+        # every pool gets a new generation: the new config and newly installed plugins
+        old_pools, self.pools = self.pools, {}
+        for name, size in config.pool_sizes().items():
+            self.pools[name] = Pool(name, size, self.generation)
+            if name in old_pools:
+                self.pools[name].restarts = old_pools[name].restarts
+        for pool in old_pools.values():
+            for w in pool.workers:
+                w.retired = True
+                self._retired.append(w)
+                with contextlib.suppress(ChannelClosed):
+                    await w.channel.send({"op": "retire"})
+        for pool in self.pools.values():
+            for slot in range(1, pool.size + 1):
+                self._tg.start_soon(self._start_worker, pool, slot, 0.0, pool.generation)
+        log.info(
+            "reloaded: %d function(s) (%d new, %d removed); %d old worker(s) keep their "
+            "open connections",
+            len(self.functions),
+            len([a for a in added if a.name not in {r.name for r in removed}]),
+            len(removed),
+            len(self._retired),
+        )
+        return True
+
+    # ------------------------------------------------------------ status
+
+    def status(self) -> dict[str, Any]:
+        workers = self._workers()
+        return {
+            "ready": self.ready.is_set(),
+            "stopping": self._stop.is_set(),
+            "uptime_s": round(time.time() - self.started_at, 3),
+            "generation": self.generation,
+            "reload": self.reloads,
+            "functions": [fs.as_dict(workers) for fs in self.functions.values()],
+            "pools": [p.as_dict() for p in self.pools.values()],
+            "workers": [w.as_dict() for w in workers],
+        }
+
+    async def _publish(self) -> None:
+        """Write the status file off the event loop, one write at a time."""
+        assert self._publish_lock is not None
+        async with self._publish_lock:
+            await anyio.to_thread.run_sync(write_status, self._status_path, self.status())
+
+    async def _publish_periodically(self) -> None:
+        while True:
+            await anyio.sleep(STATUS_INTERVAL)
+            await self._publish()
+
+    async def _report_ready(self) -> None:
+        """Ready: the status file first, then the log and systemd."""
+        if self._announced == self.generation:
+            return
+        self._announced = self.generation
+        failed = sum(f.state == "failed" for f in self.functions.values())
+        summary = f"{len(self.functions) - failed} function(s) ready, {failed} failed"
+        if self.ready.is_set():
+            await self._publish()
+            log.info("reload complete: %s", summary)
+            systemd.notify("READY=1", f"STATUS={summary}")
+            return
+        self.ready.set()
+        await self._publish()
+        log.info("ready: %s", summary)
+        systemd.notify("READY=1", f"STATUS={summary}")
+
+
+def _pair() -> tuple[socket.socket, socket.socket]:
+    from udfd.serve.channel import pair
+
+    return pair()
+
+
+async def run_until_signalled(supervisor: Supervisor) -> None:
+    """Run the supervisor; SIGTERM/SIGINT stop it gracefully (a second SIGINT at once),
+    SIGHUP reloads. The receiver is in place before anything is served."""
+    async with anyio.create_task_group() as tg:
+
+        async def watch_signals(*, task_status: TaskStatus[None]) -> None:
+            with anyio.open_signal_receiver(
+                signal.SIGTERM, signal.SIGINT, signal.SIGHUP
+            ) as signals:
+                task_status.started()
+                async for signum in signals:
+                    if signum == signal.SIGHUP:
+                        log.info("received SIGHUP: reloading")
+                        tg.start_soon(supervisor.reload)
+                        continue
+                    if supervisor.stopping and signum == signal.SIGINT:
+                        log.warning("second interrupt: exiting without waiting")
+                        supervisor.forced = True
+                        tg.cancel_scope.cancel()
+                        return
+                    log.info("received %s", signal.Signals(signum).name)
+                    supervisor.request_stop()
+
+        await tg.start(watch_signals)
+        await supervisor.run()
+        tg.cancel_scope.cancel()
