@@ -222,8 +222,8 @@ def cmd_check(args: argparse.Namespace) -> int:
     """
     from udfd.plugins.loader import discover
     from udfd.protocol.client import probe_info
-    from udfd.serve.supervisor import STATUS_INTERVAL
     from udfd.serve.status import STATUS_FILE, read_status
+    from udfd.serve.supervisor import STATUS_INTERVAL
 
     config = _load(args)
     functions = resolve_functions(config, discover(autoload=not config.disable_plugin_autoload))

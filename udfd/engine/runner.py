@@ -66,6 +66,11 @@ PUBLISH_INTERVAL = 0.005
 PUBLISH_FRAMES = 4096
 
 
+#: thread id -> function, for every thread running handler code now (process-wide):
+#: what a worker that exits anyway abandons
+BUSY_THREADS: dict[int, str] = {}
+
+
 def _drive(coro: Coroutine[Any, Any, Any]) -> Any:
     """Run a coroutine that never suspends to its end, synchronously.
 
@@ -482,10 +487,12 @@ class Runner:
 
         def marked() -> Any:
             self._busy.set()
-            self.thread_id = threading.get_ident()
+            self.thread_id = ident = threading.get_ident()
+            BUSY_THREADS[ident] = self._function
             try:
                 return fn(*args)
             finally:
+                BUSY_THREADS.pop(ident, None)
                 self._busy.clear()
 
         return await anyio.to_thread.run_sync(

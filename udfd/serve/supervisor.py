@@ -243,6 +243,10 @@ class Supervisor:
                 await self._shutdown()
                 tg.cancel_scope.cancel()
         finally:
+            # workers never outlive their supervisor, forced exit (a second SIGINT) included
+            for w in self._workers():
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(w.pid, signal.SIGKILL)
             for fs in self.functions.values():
                 fs.sock.close()
                 remove_socket_file(fs.function.socket, fs.inode)

@@ -38,6 +38,7 @@ import anyio.to_thread
 from udfd import logs
 from udfd.config import Function
 from udfd.engine.limits import Limits
+from udfd.engine.runner import BUSY_THREADS
 from udfd.plugins.fallback import InfoStore
 from udfd.plugins.loader import Failed, discover, load_function
 from udfd.protocol.proto import udf_pb2 as pb
@@ -108,6 +109,10 @@ def run_worker(spec: WorkerSpec, control: socket.socket) -> int:
     except ImportError:
         options = {}
     anyio.run(_run, spec, control, backend_options=options)
+    busy = sorted(BUSY_THREADS.values())
+    if busy:
+        # the process exits with os._exit: a handler stuck in a thread cannot hold it
+        log.warning("abandoning %d busy handler thread(s) of: %s", len(busy), ", ".join(busy))
     return 0
 
 
