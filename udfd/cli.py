@@ -104,6 +104,18 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("--timeout", type=float, default=5.0, help="seconds per socket")
     check.add_argument("--quiet", "-q", action="store_true", help="print only failures")
 
+    reload = sub.add_parser(
+        "reload",
+        help="make the running daemon re-read its config (SIGHUP); exit 3 if it is invalid",
+        description=(
+            "Sends SIGHUP to the daemon named in <state_dir>/status.json and waits for its "
+            "answer there: exit 0 when the new config is serving, 3 when it failed "
+            "validation (nothing changed), 1 when no daemon answered."
+        ),
+    )
+    _add_config(reload)
+    reload.add_argument("--timeout", type=float, default=30.0, help="seconds to wait")
+
     conf = sub.add_parser(
         "kapacitor-conf",
         help="print the [udf.functions.*] sections matching the config",
@@ -270,6 +282,37 @@ def _edge(value: int) -> str:
     return "batch" if value == 1 else "stream"
 
 
+def cmd_reload(args: argparse.Namespace) -> int:
+    """SIGHUP the daemon and report how its reload went, from its status file."""
+    import signal
+
+    from udfd.serve.status import STATUS_FILE, read_status
+
+    config = _load(args)
+    path = config.state_dir / STATUS_FILE
+    status = read_status(path, max_age=float("inf"))
+    if status is None:
+        print(f"udfd reload: no running daemon found ({path})", file=sys.stderr)
+        return EXIT_CHECK_FAILED
+    before = status.get("reload", {}).get("count", 0)
+    os.kill(status["pid"], signal.SIGHUP)
+    deadline = time.monotonic() + args.timeout
+    while time.monotonic() < deadline:
+        time.sleep(0.05)
+        status = read_status(path, max_age=float("inf")) or {}
+        result = status.get("reload", {})
+        if result.get("count", 0) > before:
+            if result.get("ok"):
+                print(f"reloaded: {len(status.get('functions', []))} function(s)")
+                return EXIT_OK
+            print(f"udfd reload: configuration error, nothing changed:\n{result.get('error')}",
+                  file=sys.stderr)  # fmt: skip
+            return EXIT_CONFIG
+    print(f"udfd reload: no answer from pid {status.get('pid')} in {args.timeout:g}s",
+          file=sys.stderr)  # fmt: skip
+    return EXIT_CHECK_FAILED
+
+
 def cmd_kapacitor_conf(args: argparse.Namespace) -> int:
     from udfd.plugins.loader import discover
 
@@ -285,6 +328,7 @@ COMMANDS = {
     "list": cmd_list,
     "check": cmd_check,
     "kapacitor-conf": cmd_kapacitor_conf,
+    "reload": cmd_reload,
 }
 
 

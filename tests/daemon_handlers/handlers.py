@@ -37,3 +37,56 @@ class Stuck(udfd.Handler[udfd.NoOptions]):
 
         threading.Event().wait()  # forever
         return point
+
+
+class Blocking(udfd.Handler[udfd.NoOptions]):
+    """A plain handler that blocks 2 ms per point (a synchronous HTTP call, say)."""
+
+    def point(self, point: udfd.Point) -> udfd.Output:
+        import time
+
+        time.sleep(0.002)
+        return point
+
+
+class Burner(udfd.Handler[udfd.NoOptions]):
+    """Burns about 5 ms of pure-Python CPU per point."""
+
+    def point(self, point: udfd.Point) -> udfd.Output:
+        import time
+
+        end = time.perf_counter() + 0.005
+        while time.perf_counter() < end:
+            pass
+        return point
+
+
+class AsyncBlocking(udfd.Handler[udfd.NoOptions]):
+    """A coroutine callback that blocks by mistake (time.sleep inside async def)."""
+
+    async def point(self, point: udfd.Point) -> udfd.Output:
+        import time
+
+        time.sleep(0.002)  # noqa: ASYNC251 - the mistake under test
+        return point
+
+
+class SlowFilter(udfd.Handler[udfd.NoOptions]):
+    """Emits nothing and takes 50 ms per point: without heartbeats its task times out."""
+
+    def point(self, point: udfd.Point) -> udfd.Output:
+        import time
+
+        time.sleep(0.05)
+        return None
+
+
+class Crash(udfd.Handler[udfd.NoOptions]):
+    """Kills its whole process on the point whose value is negative (a segfaulting C call)."""
+
+    def point(self, point: udfd.Point) -> udfd.Output:
+        import os
+
+        if point.fieldsDouble.get("value", 0.0) < 0:
+            os._exit(139)
+        return point

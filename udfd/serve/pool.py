@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import collections
 import logging
+import socket
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -56,6 +57,8 @@ class WorkerHandle:
     #: function -> the worker's last reported counters
     stats: dict[str, dict[str, Any]] = field(default_factory=dict)
     exit: str = ""
+    #: connections sent but not yet acknowledged: id -> (function, socket, read-ahead bytes)
+    untaken: dict[int, tuple[str, socket.socket, bytes]] = field(default_factory=dict)
 
     @property
     def label(self) -> str:

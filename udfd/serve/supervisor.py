@@ -399,6 +399,10 @@ class Supervisor:
         if op == "hello":
             worker.ready = True
             pool.update_available()
+        elif op == "took":
+            taken = worker.untaken.pop(header["id"], None)
+            if taken is not None:
+                taken[1].close()
         elif op == "closed":
             worker.connections -= 1
         elif op == "stats":
@@ -459,6 +463,13 @@ class Supervisor:
                 fs.base["last_error"] = stats["last_error"]
                 fs.base["last_error_time"] = stats["last_error_time"]
         pool.update_available()
+        for name, conn, prefix in worker.untaken.values():
+            fs = self.functions.get(name)
+            if fs is None or self.stopping:
+                conn.close()
+            else:  # the worker died before it saw this connection: another one gets it
+                await self._dispatch(fs, conn, prefix)
+        worker.untaken.clear()
         expected = worker.retired or worker.stopping or self.stopping
         if not self._workers():
             self._all_gone.set()
@@ -521,7 +532,9 @@ class Supervisor:
             else:
                 worker.connections += 1
                 worker.connections_total += 1
-                conn.close()
+                # kept until the worker says it took the socket: a worker that dies with
+                # the record unread must not take a connection it never saw with it
+                worker.untaken[cid] = (fs.name, conn, prefix)
                 return
         assert self._tg is not None
         self._tg.start_soon(self._hold, fs, conn, prefix)

@@ -199,6 +199,8 @@ class _Worker:
         for extra in fds[1:]:
             os.close(extra)
         sock = socket.socket(fileno=fds[0])
+        with _suppress_closed():
+            await self.channel.send({"op": "took", "id": cid})
         stream = await anyio.abc.UNIXSocketStream.from_socket(sock)
         connection = runtime.connection(stream, initial=payload)
         self.connections.add(connection)
