@@ -7,8 +7,9 @@ not reached yet, so the watchdog answers for them: when the connection has been
 silent for ``heartbeat`` seconds and the handler is still making progress, it
 sends an unsolicited keepalive answer.
 
-Progress is the runner's frame counter. A handler call that does not move it
-for ``slow_call`` seconds is logged once with its Python stack (php-fpm's
+Progress is the runner's frame counter (the hot loop updates it every 8
+frames, so a handler slower than ``slow_call / 8`` per point shows up as slow
+too). A handler call that does not move it for ``slow_call`` seconds is logged once with its Python stack (php-fpm's
 slowlog, at most once a minute per connection); one stuck past
 ``handler_timeout`` no longer counts as progress: the watchdog logs its stack,
 counts it, and ends the connection with an ``ErrorResponse`` naming the
@@ -132,7 +133,7 @@ class Watchdog:
         callback, stack = describe_call(self._runner.thread_id)
         self._stats.slow_calls += 1
         self._log().warning(
-            "slow handler call: %s() running for %.1fs (slow_call %.1fs); "
+            "slow handler call: %s() made no progress for %.1fs (slow_call %.1fs); "
             "heartbeats keep Kapacitor's keepalive timer fed. Stack:\n%s",
             callback,
             stuck,
