@@ -9,8 +9,9 @@ sends an unsolicited keepalive answer.
 
 Progress is the runner's frame counter (the hot loop updates it every 8
 frames, so a handler slower than ``slow_call / 8`` per point shows up as slow
-too). A handler call that does not move it for ``slow_call`` seconds is logged once with its Python stack (php-fpm's
-slowlog, at most once a minute per connection); one stuck past
+too). A handler call that does not move it for ``slow_call`` seconds is
+logged once with its Python stack (php-fpm's slowlog, at most once a minute
+per connection); one stuck past
 ``handler_timeout`` no longer counts as progress: the watchdog logs its stack,
 counts it, and ends the connection with an ``ErrorResponse`` naming the
 function and the callback. Python cannot stop the thread; it is abandoned and
