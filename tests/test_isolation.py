@@ -346,3 +346,22 @@ def test_a_peer_that_never_reads_cannot_grow_the_workers_memory(daemon: Factory)
     # ~100 bytes of answer per 2-byte request: unbounded, this would be gigabytes
     assert sent < 50e6
     assert grown < 32 * 1024
+
+
+def test_a_legacy_writer_thread_blocks_when_the_peer_does_not_read(daemon: Factory) -> None:
+    """The official agent's write_response blocks on a full socket; udfd's must too."""
+    legacy = Path(__file__).parent / "legacy_handlers" / "firehose.py"
+    d = daemon(f'[functions.firehose]\nhandler = "{legacy}:FirehoseHandler"\n')
+    d.wait_for("ready:")
+    wait_until(lambda: bool(status(d)["workers"]))
+    worker = status(d)["workers"][0]["pid"]
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock.connect(str(d.socket("firehose")))
+    sock.sendall(encode_frame(init_request().SerializeToString()))
+    time.sleep(1.0)  # the thread pours until udfd's buffers are full
+    first = rss_kib(worker)
+    time.sleep(3.0)  # unbounded, this grew by ~25 MiB per second
+    grown = rss_kib(worker) - first
+    print(f"\nworker RSS {first / 1024:.1f} MiB, then +{grown / 1024:.1f} MiB in 3 s")
+    sock.close()
+    assert grown < 16 * 1024

@@ -65,6 +65,9 @@ class Context:
     #: Thread-safe: ask the connection to call the handler's ``flush`` soon, for
     #: output produced outside a callback (timers, background threads).
     request_flush: Callable[[], None] = _no_flush
+    #: Thread-safe and blocking, for threads of the handler's own: wait while the
+    #: connection's output is above its high-water mark (a peer that stops reading).
+    wait_writable: Callable[[], None] = _no_flush
 
 
 CALLBACKS = ("init", "point", "begin_batch", "end_batch", "flush", "snapshot", "restore", "close")

@@ -602,7 +602,12 @@ class Runner:
             answer(wire.init_frame(False, f"{self._function}: {exc}"))
             return
         context = Context(
-            self._function, self._task_id, self._node_id, self.log, self._request_flush
+            self._function,
+            self._task_id,
+            self._node_id,
+            self.log,
+            self._request_flush,
+            self._wait_writable,
         )
         try:
             handler = await self._call(spec.cls, options, context)

@@ -48,6 +48,8 @@ from udfd.plugins.compat import kapacitor_udf_pb2 as stand_in_pb2
 from udfd.protocol.proto import udf_pb2 as pb
 
 _DataMessage = pb.Point | pb.BeginBatch | pb.EndBatch
+#: messages a legacy handler's own thread may have waiting before write_response blocks
+BUFFER_LIMIT = 1024
 _DATA_KINDS = frozenset({"point", "begin", "end"})
 #: management kind -> the message a legacy callback should have put in its Response
 _RESULT_TYPES: dict[str, type[Message]] = {
@@ -181,6 +183,8 @@ class LegacyAdapter(Handler[Any]):
         self.agent = UdfdAgent(self)
         self.legacy: Any = None
         self._lock = threading.Lock()
+        #: signalled when the connection takes buffered output (shares ``_lock``)
+        self._room = threading.Condition(self._lock)
         #: what write_response delivered, in order: data messages and reported errors
         self._buffer: list[_DataMessage | _ErrorMark] = []
         self._in_callback = False
@@ -222,6 +226,16 @@ class LegacyAdapter(Handler[Any]):
             wake = not self._in_callback
         if wake:
             self.context.request_flush()
+            self._wait_for_room()
+
+    def _wait_for_room(self) -> None:
+        """Block the handler's own thread while its output piles up, as the official
+        agent's ``write_response`` blocks on a full socket: first while the buffer
+        waits for the connection to take it, then while the writer is full."""
+        with self._room:
+            while len(self._buffer) >= BUFFER_LIMIT and not self._closed:
+                self._room.wait(0.5)
+        self.context.wait_writable()
 
     def _drain(self) -> Output:
         """Return the buffered output up to the first reported error; raise that error
@@ -235,6 +249,7 @@ class LegacyAdapter(Handler[Any]):
         """
         with self._lock:
             buffer = self._buffer
+            self._room.notify_all()
             if not buffer:
                 return None
             first = buffer[0]
@@ -372,6 +387,7 @@ class LegacyAdapter(Handler[Any]):
         """
         with self._lock:
             self._closed = True
+            self._room.notify_all()
             buffer, self._buffer = self._buffer, []
         cut = next((i for i, m in enumerate(buffer) if isinstance(m, _ErrorMark)), len(buffer))
         out = cast("list[_DataMessage]", buffer[:cut])
