@@ -259,6 +259,7 @@ async def reload_command(d: DaemonProcess) -> subprocess.CompletedProcess[str]:
 async def test_sighup_keeps_open_streams_and_applies_the_new_config(daemon: Factory) -> None:
     d = daemon(
         '[functions.mirror]\nhandler = "HANDLERS/handlers.py:Mirror"\n'
+        '[functions.gone]\nhandler = "HANDLERS/handlers.py:Mirror"\n'
         '[functions.scale]\nhandler = "HANDLERS/handlers.py:Scale"\n'
         "[functions.scale.options]\nfactor = 2.0\n"
     )
@@ -271,7 +272,9 @@ async def test_sighup_keeps_open_streams_and_applies_the_new_config(daemon: Fact
         assert (await old.init()).success
         await long_lived.send_points(total[:10_000])
         d.config.write_text(
-            d.config.read_text().replace("factor = 2.0", "factor = 10.0")
+            d.config.read_text()
+            .replace("factor = 2.0", "factor = 10.0")
+            .replace("[functions.gone]", "[functions.replaced]")  # gone removed, replaced new
             + f'[functions.added]\nhandler = "{HANDLERS}/handlers.py:Mirror"\n'
         )
         result = await reload_command(d)
@@ -292,6 +295,11 @@ async def test_sighup_keeps_open_streams_and_applies_the_new_config(daemon: Fact
         assert (await added.init()).success
         await added.send_points(pts(2))
         assert len(await added.finish()) == 2
+    assert not d.socket("gone").exists()  # a removed function stops accepting
+    async with connect(d.socket("replaced")) as replaced:
+        await replaced.info()
+        assert (await replaced.init()).success
+        await replaced.finish()
     d.wait_for("retired by a reload")
     d.wait_for("exited (exit code 0)")  # the old worker left once its connections ended
 
