@@ -31,7 +31,6 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -44,6 +43,7 @@ from udfd.protocol import wire
 from udfd.protocol.client import connect, probe_info
 from udfd.protocol.framing import FrameDecoder
 from udfd.protocol.proto import udf_pb2 as pb
+from udfd.testing import DaemonProcess
 
 HERE = Path(__file__).resolve().parent
 HANDLERS = HERE / "isolation_handlers.py"
@@ -112,68 +112,17 @@ def memory_kib(pid: int) -> tuple[int, int]:
     return values["Rss:"], values["Pss:"]
 
 
-class Daemon:
-    """One ``udfd serve`` in a short temp dir; a context manager that always kills it."""
+class Daemon(DaemonProcess):
+    """``udfd.testing.DaemonProcess`` in a short temp dir; a context manager that always
+    kills it, its descendants included, and notes what it logged above INFO."""
 
     def __init__(self, config: str, tag: str, label: str, expected: tuple[str, ...] = ()) -> None:
         """``label`` names the case in notes; ``expected``: log lines above INFO that the
         case provokes on purpose."""
         self.label = label
         self.expected = expected
-        self.dir = Path(tempfile.mkdtemp(prefix=f"ui{tag}-", dir="/tmp"))
-        self.sockets = self.dir / "s"
-        self.config = self.dir / "u.toml"
-        self.config.write_text(
-            f'socket_dir = "{self.sockets}"\nstate_dir = "{self.dir / "st"}"\n'
-            'shutdown_grace = "1s"\n' + config
-        )
-        self.lines: list[str] = []
-        self._cond = threading.Condition()
-        env = {k: v for k, v in os.environ.items() if not k.startswith("UDFD_")}
-        env["PYTHONUNBUFFERED"] = "1"
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "udfd", "serve", "--config", str(self.config)],
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-            text=True,
-            env=env,
-        )
-        self._reader = threading.Thread(target=self._read, daemon=True)
-        self._reader.start()
-
-    def _read(self) -> None:
-        assert self.proc.stderr is not None
-        for line in self.proc.stderr:
-            with self._cond:
-                self.lines.append(line.rstrip("\n"))
-                self._cond.notify_all()
-        with self._cond:
-            self._cond.notify_all()
-
-    def socket(self, name: str) -> Path:
-        return self.sockets / f"{name}.sock"
-
-    def wait_for(self, text: str, timeout: float = 30.0) -> str:
-        deadline = time.monotonic() + timeout
-        with self._cond:
-            while True:
-                for line in self.lines:
-                    if text in line:
-                        return line
-                if self.proc.poll() is not None and not self._reader.is_alive():
-                    raise RuntimeError(
-                        f"daemon exited ({self.proc.returncode}) before {text!r}:\n{self.log}"
-                    )
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    raise RuntimeError(f"no log line with {text!r} in {timeout}s:\n{self.log}")
-                self._cond.wait(left)
-
-    @property
-    def log(self) -> str:
-        with self._cond:
-            return "\n".join(self.lines)
+        workdir = Path(tempfile.mkdtemp(prefix=f"ui{tag}-", dir="/tmp"))
+        super().__init__(workdir, 'shutdown_grace = "1s"\n' + config)
 
     def roles(self) -> dict[int, str]:
         """pid -> "pool/slot" for the workers the log announced."""
@@ -185,7 +134,7 @@ class Daemon:
                 out[int(line.rsplit("(pid ", 1)[1].rstrip(")"))] = label
         return out
 
-    def stop(self) -> None:
+    def stop_all(self) -> None:
         """SIGTERM, SIGKILL after STOP_TIMEOUT; then kill any descendant left behind."""
         tree = {pid: stat[1] for pid in descendants(self.proc.pid) if (stat := _stat(pid))}
         if self.proc.poll() is None:
@@ -245,7 +194,7 @@ class Daemon:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        self.stop()
+        self.stop_all()
 
 
 # ---------------------------------------------------------------- helpers

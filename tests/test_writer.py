@@ -66,3 +66,47 @@ async def test_urgent_data_overtakes_queued_but_not_sent_data() -> None:
         assert bytes(received) == big + b"URGENT" + b"queued"
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
+
+
+async def test_bytes_being_sent_count_against_the_high_water_mark() -> None:
+    """A send the peer does not take keeps the writer full: the reader and the handler
+    threads must wait on it, not see an empty queue and pile up more."""
+    workdir = short_socket_dir("udfd-w-")
+    try:
+        start_reading = anyio.Event()
+        peer_done = anyio.Event()
+
+        async def peer(stream: anyio.abc.SocketStream) -> None:
+            async with stream:
+                await start_reading.wait()
+                try:
+                    while True:
+                        await stream.receive()
+                except (anyio.EndOfStream, anyio.BrokenResourceError):
+                    pass
+                peer_done.set()
+
+        listener = await anyio.create_unix_listener(workdir / "w.sock")
+        async with listener, anyio.create_task_group() as tg:
+            tg.start_soon(listener.serve, peer)
+            stream = await anyio.connect_unix(workdir / "w.sock")
+            writer = FrameWriter(stream, high_water=1 << 20)
+            tg.start_soon(writer.run)
+            writer.put(b"B" * (8 << 20))
+            for _ in range(100):  # the writer takes it all and blocks in send
+                await anyio.lowlevel.checkpoint()
+            assert writer.full
+            assert not writer.writable.is_set()
+            start_reading.set()
+            with anyio.fail_after(30):
+                await writer.wait_writable()
+            assert not writer.full
+            assert writer.writable.is_set()
+            writer.close()
+            await anyio.lowlevel.checkpoint()
+            await stream.aclose()
+            with anyio.fail_after(30):
+                await peer_done.wait()
+            tg.cancel_scope.cancel()
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)

@@ -9,7 +9,12 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
+import subprocess
+import sys
 import tempfile
+import threading
+import time
 from collections.abc import AsyncIterator, Iterable, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -72,6 +77,103 @@ async def serve_handler(
     finally:
         if own_dir is not None:
             shutil.rmtree(own_dir, ignore_errors=True)
+
+
+class DaemonProcess:
+    """One ``udfd serve`` subprocess, its config and sockets in ``workdir``.
+
+    ``config`` is TOML after the ``socket_dir`` (``workdir/s``) and ``state_dir``
+    (``workdir/state``) lines this writes first. ``UDFD_*`` variables of the
+    calling environment are not passed on (they would change the config);
+    ``env`` adds variables. ``wait_for(text)`` blocks until a log line contains
+    ``text``: nothing here sleeps for a fixed time. The caller owns the process:
+    :meth:`close` kills it if it still runs.
+    """
+
+    def __init__(
+        self,
+        workdir: Path,
+        config: str,
+        env: Mapping[str, str] | None = None,
+        python: str | None = None,
+    ) -> None:
+        """``python``: the interpreter to run udfd with (default: this one)."""
+        self.dir = workdir
+        self.sockets = workdir / "s"
+        self.config = workdir / "udfd.toml"
+        self.config.write_text(
+            f'socket_dir = "{self.sockets}"\nstate_dir = "{workdir / "state"}"\n' + config
+        )
+        self.lines: list[str] = []
+        self._cond = threading.Condition()
+        full_env = {k: v for k, v in os.environ.items() if not k.upper().startswith("UDFD_")}
+        full_env.update({"PYTHONUNBUFFERED": "1", **(env or {})})
+        self.proc = subprocess.Popen(
+            [python or sys.executable, "-m", "udfd", "serve", "--config", str(self.config)],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=full_env,
+        )
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        assert self.proc.stderr is not None
+        for line in self.proc.stderr:
+            with self._cond:
+                self.lines.append(line.rstrip("\n"))
+                self._cond.notify_all()
+        with self._cond:
+            self._cond.notify_all()
+
+    def socket(self, name: str) -> Path:
+        return self.sockets / f"{name}.sock"
+
+    def wait_for(self, text: str, timeout: float = 30.0) -> str:
+        """The first log line containing ``text``; AssertionError on exit or timeout."""
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            while True:
+                for line in self.lines:
+                    if text in line:
+                        return line
+                if self.proc.poll() is not None and not self._reader.is_alive():
+                    raise AssertionError(f"daemon exited ({self.proc.returncode}): {self.log}")
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise AssertionError(f"no log line with {text!r}: {self.log}")
+                self._cond.wait(left)
+
+    @property
+    def log(self) -> str:
+        with self._cond:
+            return "\n".join(self.lines)
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 30.0) -> int:
+        """Signal the daemon and wait for its exit code."""
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+        return self.wait(timeout)
+
+    def wait(self, timeout: float = 30.0) -> int:
+        """Wait for an exit already asked for (no signal)."""
+        code = self.proc.wait(timeout)
+        self._reader.join(5)
+        return code
+
+    def close(self) -> None:
+        """Kill if still running and release the pipe."""
+        if self.proc.poll() is None:
+            self.proc.kill()
+        self.proc.wait(10)
+        self._reader.join(5)
+        if self.proc.stderr is not None:
+            self.proc.stderr.close()
+
+    def open_fds(self) -> int:
+        return len(os.listdir(f"/proc/{self.proc.pid}/fd"))
 
 
 Message: TypeAlias = pb.Point | pb.BeginBatch | pb.EndBatch

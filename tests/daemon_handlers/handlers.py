@@ -90,3 +90,21 @@ class Crash(udfd.Handler[udfd.NoOptions]):
         if point.fieldsDouble.get("value", 0.0) < 0:
             os._exit(139)
         return point
+
+
+WideOptions = type(
+    "WideOptions",
+    (udfd.Options,),
+    {
+        "__annotations__": {f"option_with_a_long_name_{i:02d}": str for i in range(60)},
+        **{f"option_with_a_long_name_{i:02d}": "" for i in range(60)},
+    },
+)
+
+
+class WideInfo(udfd.Handler[WideOptions]):  # type: ignore[valid-type]
+    """A mirror whose Info is about 2 KB: 60 options (what a peer that never reads
+    multiplies, one answer per 3-byte InfoRequest)."""
+
+    def point(self, point: udfd.Point) -> udfd.Output:
+        return point

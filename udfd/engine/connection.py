@@ -95,7 +95,6 @@ class Connection:
             self._writer,
             self._limits,
             self._stats,
-            lambda: self._runner.log,
             self._handler_stuck,
             self._peer_gone,
         )

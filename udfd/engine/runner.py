@@ -1,17 +1,20 @@
 """The handler side of a connection: runs one handler instance and answers for it.
 
 The runner owns the handler (created at Init with validated options) and is the
-only caller of its callbacks. Data frames run in a tight loop, in a worker thread
-for ``threaded`` handlers; Init, Snapshot and Restore are always answered, with
-``success=false`` and the reason when the handler fails, because Kapacitor waits
-forever for those. Exceptions follow the function's error policy; output is
-validated (``output.OutputBuffer``) before the connection hands it to the writer.
+only caller of its callbacks, never on the event loop thread: plain callbacks run
+in a thread of the function's pool, coroutines on the connection's own loop
+(:class:`HandlerLoop`). Data frames run in a tight loop; Init, Snapshot and
+Restore are always answered, with ``success=false`` and the reason when the
+handler fails, because Kapacitor waits forever for those. Exceptions follow the
+function's error policy; output is validated (``output.OutputBuffer``) before the
+connection hands it to the writer.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import inspect
 import logging
 import math
 import threading
@@ -20,7 +23,6 @@ from collections.abc import Callable, Coroutine, Mapping
 from typing import Any
 
 import anyio
-import anyio.lowlevel
 import anyio.to_thread
 from google.protobuf.message import DecodeError
 
@@ -97,6 +99,10 @@ class HandlerLoop:
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._main, name=f"udfd-async-{name}", daemon=True)
         self._thread.start()
+
+    @property
+    def thread_id(self) -> int:
+        return self._thread.ident or 0
 
     def _main(self) -> None:
         try:
@@ -235,6 +241,7 @@ class Runner:
         self._wants_batch = spec.wants is Edge.BATCH
         if spec.is_async:
             self._handler_loop = HandlerLoop(self._function)
+            self.thread_id = self._handler_loop.thread_id
         return spec
 
     async def process_chunk(self, frames: list[bytes]) -> None:
@@ -246,19 +253,13 @@ class Runner:
         never stalls the I/O loop that answers Info and keepalives.
         """
         assert self._spec is not None
-        self.busy = True
         try:
-            if self._handler_loop is not None:
-                await self._handler_loop.run(self._process(frames))
-            else:
-                await self._in_thread(_drive, self._process(frames))
+            await self._off_loop(self._process(frames))
         finally:
-            self.busy = False
             self.merge_tally()
 
     async def _process(self, frames: list[bytes]) -> None:
         """The chunk itself, on the handler's thread; plain handlers never suspend here."""
-        self.thread_id = threading.get_ident()
         i = 0
         n = len(frames)
         is_async = self._handler_loop is not None
@@ -471,7 +472,7 @@ class Runner:
     async def call_for_output(self, fn: Callable[[], Any]) -> None:
         """Run a callback whose result is output, honouring async/threaded and the policy."""
         try:
-            self.out.add(await self._off_loop(fn))
+            self.out.add(await self._off_loop(self._call(fn)))
         except OutputError as exc:
             raise Fatal(f"{self._function}: invalid handler output: {exc}") from None
         except Fatal:
@@ -508,7 +509,6 @@ class Runner:
         For plain handlers this never suspends, which is what lets :func:`_drive`
         run the management code synchronously in the worker thread.
         """
-        self.thread_id = threading.get_ident()
         result = fn(*args)
         if hasattr(result, "__await__"):
             if self._handler_loop is None:
@@ -516,15 +516,18 @@ class Runner:
             result = await result
         return result
 
-    async def _off_loop(self, fn: Callable[..., Any]) -> Any:
-        """Run one callback (from the loop thread) where handler code runs."""
+    async def _off_loop(self, coro: Coroutine[Any, Any, Any]) -> Any:
+        """Run runner code that calls the handler (from the loop thread) where handler
+        code runs: the connection's own loop for coroutine handlers, else a thread."""
         self.busy = True
         try:
             if self._handler_loop is not None:
-                return await self._handler_loop.run(self._call(fn))
-            return await self._in_thread(_drive, self._call(fn))
+                return await self._handler_loop.run(coro)
+            return await self._in_thread(_drive, coro)
         finally:
             self.busy = False
+            if inspect.getcoroutinestate(coro) == inspect.CORO_CREATED:
+                coro.close()  # cancelled before a thread took it: never ran
 
     # ------------------------------------------------------------ management
 
@@ -532,17 +535,19 @@ class Runner:
         """Give the handler its ``close`` after an abnormal end; output is discarded."""
         self.stopping = True  # an abandoned worker thread stops at its next frame
         handler, self._handler = self._handler, None
-        if handler is None:
-            return
-        if self._busy.is_set():
-            self.log.warning("handler still busy in a worker thread: close() not called")
-            return
-        with anyio.move_on_after(CLOSE_TIMEOUT):
-            try:
-                await self._off_loop(handler.close)
-            except HANDLER_FAILURES:
-                self.log.exception("handler close failed")
-        self.stop_handler_loop()
+        try:
+            if handler is None:
+                return
+            if self._busy.is_set():
+                self.log.warning("handler still busy in a worker thread: close() not called")
+                return
+            with anyio.move_on_after(CLOSE_TIMEOUT):
+                try:
+                    await self._off_loop(self._call(handler.close))
+                except HANDLER_FAILURES:
+                    self.log.exception("handler close failed")
+        finally:
+            self.stop_handler_loop()  # also when Init failed: the loop thread must end
 
     def stop_handler_loop(self) -> None:
         """End this connection's coroutine-handler thread, if it has one."""

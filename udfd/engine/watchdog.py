@@ -20,7 +20,6 @@ stops at its next frame.
 
 from __future__ import annotations
 
-import logging
 import math
 import sys
 import time
@@ -77,7 +76,6 @@ class Watchdog:
         writer: FrameWriter,
         limits: Limits,
         stats: Stats,
-        log: Callable[[], logging.LoggerAdapter[logging.Logger]],
         on_stuck: Callable[[str], None],
         on_peer_gone: Callable[[], None],
     ) -> None:
@@ -85,7 +83,6 @@ class Watchdog:
         self._writer = writer
         self._limits = limits
         self._stats = stats
-        self._log = log
         self._on_stuck = on_stuck
         self._on_peer_gone = on_peer_gone
         #: the connection waits for its handler to be imported: keep the timer fed
@@ -133,7 +130,7 @@ class Watchdog:
     def _slow(self, stuck: float) -> None:
         callback, stack = describe_call(self._runner.thread_id)
         self._stats.slow_calls += 1
-        self._log().warning(
+        self._runner.log.warning(
             "slow handler call: %s() made no progress for %.1fs (slow_call %.1fs); "
             "heartbeats keep Kapacitor's keepalive timer fed. Stack:\n%s",
             callback,
@@ -145,7 +142,7 @@ class Watchdog:
     def _stuck(self, stuck: float) -> None:
         callback, stack = describe_call(self._runner.thread_id)
         self._stats.handler_timeouts += 1
-        self._log().error(
+        self._runner.log.error(
             "handler call stuck: %s() has not returned for %.1fs (handler_timeout %.1fs); "
             "ending the connection. Stack:\n%s",
             callback,

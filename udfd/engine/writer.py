@@ -64,11 +64,6 @@ class FrameWriter:
         return self._failed
 
     @property
-    def queued(self) -> int:
-        """Bytes not yet accepted by the kernel: queued plus in flight."""
-        return self._pending_bytes + self._inflight
-
-    @property
     def full(self) -> bool:
         return self._pending_bytes + self._inflight > self._high_water and self._failed is None
 
@@ -100,13 +95,6 @@ class FrameWriter:
         if self._closed or self._failed is not None or not data:
             return
         self._urgent.append(data)
-        self._queued(len(data))
-
-    def put_many(self, frames: list[bytes]) -> None:
-        if self._closed or self._failed is not None or not frames:
-            return
-        data = b"".join(frames)
-        self._pending.append(data)
         self._queued(len(data))
 
     async def wait_writable(self) -> None:

@@ -20,7 +20,7 @@ import os
 import tempfile
 import threading
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from google.protobuf import json_format
 
@@ -90,6 +90,14 @@ def placeholder_spec(function: str, info: pb.InfoResponse, reason: str) -> Handl
         },
     )
     return inspect_handler(cls, function)
+
+
+class InfoRecord(Protocol):
+    """Where :func:`udfd.plugins.loader.load_function` finds and records served Info."""
+
+    def get(self, function: str) -> pb.InfoResponse | None: ...
+
+    def put(self, function: str, info: pb.InfoResponse) -> None: ...
 
 
 class InfoStore:

@@ -33,7 +33,7 @@ from udfd.config import Function, normalize_distribution
 from udfd.errors import HandlerDefinitionError, UdfdError
 from udfd.handler import Handler, HandlerSpec, inspect_handler
 from udfd.plugins.compat import install_kapacitor_shim, shim_installed
-from udfd.plugins.fallback import InfoStore, declared_info, neutral_info, placeholder_spec
+from udfd.plugins.fallback import InfoRecord, declared_info, neutral_info, placeholder_spec
 from udfd.plugins.importer import (
     LOAD_ERRORS,
     ImportFromStringError,
@@ -332,7 +332,7 @@ def load_function(
     installed: Sequence[InstalledHandler] | None = None,
     autoload: bool = True,
     allow_distributions: Collection[str] = (),
-    store: InfoStore | None = None,
+    store: InfoRecord | None = None,
 ) -> Loaded | Failed:
     """Load one function's handler; never raises for a broken plugin.
 

@@ -45,6 +45,7 @@ from udfd.plugins.loader import discover
 from udfd.protocol.proto import udf_pb2 as pb
 from udfd.serve import systemd
 from udfd.serve.channel import Channel, ChannelClosed
+from udfd.serve.channel import pair as channel_pair
 from udfd.serve.holding import HeldConnection
 from udfd.serve.pool import Pool, WorkerHandle
 from udfd.serve.sockets import bind_unix, remove_socket_file
@@ -63,6 +64,16 @@ HOLD_TIMEOUT = 30.0
 #: after the grace period, how long workers get to flush and exit before SIGKILL
 STOP_MARGIN = 3.0
 _COUNTERS = [f.name for f in fields(Stats) if f.type in ("int", int)]
+
+
+def add_counters(into: dict[str, Any], stats: dict[str, Any]) -> None:
+    """Add one worker's reported ``Stats`` of a function into ``into``; the last error is
+    the newest of the two."""
+    for key in _COUNTERS:
+        into[key] = into.get(key, 0) + stats.get(key, 0)
+    if stats.get("last_error_time", 0) > into.get("last_error_time", 0):
+        into["last_error"] = stats["last_error"]
+        into["last_error_time"] = stats["last_error_time"]
 
 
 @dataclass(eq=False)
@@ -90,17 +101,12 @@ class FunctionState:
         return self.function.name
 
     def counters(self, workers: list[WorkerHandle]) -> dict[str, Any]:
-        total: dict[str, Any] = {k: self.base.get(k, 0) for k in _COUNTERS}
-        last_error, last_time = self.base.get("last_error", ""), self.base.get("last_error_time", 0)
+        """This function's counters summed over the workers that are gone and ``workers``."""
+        total: dict[str, Any] = {"last_error": "", "last_error_time": 0.0}
+        add_counters(total, self.base)
         for w in workers:
-            s = w.stats.get(self.name)
-            if not s:
-                continue
-            for k in _COUNTERS:
-                total[k] += s.get(k, 0)
-            if s.get("last_error_time", 0) > last_time:
-                last_error, last_time = s["last_error"], s["last_error_time"]
-        return {**total, "last_error": last_error, "last_error_time": last_time}
+            add_counters(total, w.stats.get(self.name, {}))
+        return total
 
     def as_dict(self, workers: list[WorkerHandle]) -> dict[str, Any]:
         counters = self.counters(workers)
@@ -262,6 +268,7 @@ class Supervisor:
         for fs in self.functions.values():
             self._stop_accepting(fs)
         log.info("stopping: no new connections; open ones get %.1fs to finish", grace)
+        self._all_gone = anyio.Event()  # not one set while a lone worker was restarting
         workers = self._workers()
         for w in workers:
             w.stopping = True
@@ -284,23 +291,16 @@ class Supervisor:
         remove_socket_file(fs.function.socket, fs.inode)
 
     async def _reap_spawner(self) -> None:
+        """Wait for the spawner (our child) to exit once its channel closed; kill it after 5 s."""
         spawner = self._spawner
         if spawner is None:
             return
-
-        def reap() -> None:
-            deadline = time.monotonic() + 5
-            while time.monotonic() < deadline:
-                pid, _ = os.waitpid(spawner.pid, os.WNOHANG)
-                if pid:
-                    return
-                time.sleep(0.02)
-            os.kill(spawner.pid, signal.SIGKILL)
-            os.waitpid(spawner.pid, 0)
-
-        with anyio.CancelScope(shield=True):
-            with contextlib.suppress(ChildProcessError):
-                await anyio.to_thread.run_sync(reap, abandon_on_cancel=True)
+        with anyio.CancelScope(shield=True), contextlib.suppress(ChildProcessError):
+            with anyio.move_on_after(5):
+                await anyio.to_thread.run_sync(os.waitpid, spawner.pid, 0, abandon_on_cancel=True)
+                return
+            log.warning("the spawner (pid %d) did not exit; killing it", spawner.pid)
+            os.kill(spawner.pid, signal.SIGKILL)  # the waiting thread reaps it
 
     # ------------------------------------------------------------ workers
 
@@ -357,7 +357,7 @@ class Supervisor:
             return
         assert self._spawner_channel is not None
         assert self._tg is not None
-        ours, theirs = _pair()
+        ours, theirs = channel_pair()
         token = next(self._tokens)
         spawned = self._spawned[token] = anyio.Event()
         try:
@@ -454,14 +454,8 @@ class Supervisor:
             self._retired.remove(worker)
         for name, stats in worker.stats.items():
             fs = self.functions.get(name)
-            if fs is None:
-                continue
-            for key in _COUNTERS:
-                if key != "connections_active":
-                    fs.base[key] = fs.base.get(key, 0) + stats.get(key, 0)
-            if stats.get("last_error_time", 0) > fs.base.get("last_error_time", 0):
-                fs.base["last_error"] = stats["last_error"]
-                fs.base["last_error_time"] = stats["last_error_time"]
+            if fs is not None:  # a dead worker's connections are no longer active
+                add_counters(fs.base, {**stats, "connections_active": 0})
         pool.update_available()
         for name, conn, prefix in worker.untaken.values():
             fs = self.functions.get(name)
@@ -543,20 +537,17 @@ class Supervisor:
         held = HeldConnection(conn, fs.name, lambda: fs.info, self.config.max_message_size)
         if prefix:
             held.preload(prefix)
+        handed_over = False
         try:
-            while not self.stopping:
+            while not self.stopping and not handed_over:
                 pool = self.pools.get(fs.function.pool)
-                if pool is None:
-                    return
-                if not await held.serve_until(pool.available, HOLD_TIMEOUT):
+                if pool is None or not await held.serve_until(pool.available, HOLD_TIMEOUT):
                     return
                 if pool.pick() is not None:
-                    data = held.release()
-                    await self._dispatch(fs, conn, data)
-                    conn = None  # type: ignore[assignment]
-                    return
+                    handed_over = True  # the socket is the dispatcher's from here on
+                    await self._dispatch(fs, conn, held.release())
         finally:
-            if conn is not None:
+            if not handed_over:
                 conn.close()
 
     # ------------------------------------------------------------ reload
@@ -570,32 +561,30 @@ class Supervisor:
         """
         assert self._reload_lock is not None
         async with self._reload_lock:
-            ok = await self._reload()
+            error = await self._reload()
+        if error:
+            log.error("reload failed; nothing changed: %s", error)
         self.reloads = {
             "count": self.reloads["count"] + 1,
-            "ok": ok,
-            "error": self.reloads["error"] if not ok else "",
+            "ok": not error,
+            "error": error,
             "time": time.time(),
         }
         await self._publish()
-        return ok
+        return not error
 
-    def _reload_failed(self, message: str) -> bool:
-        log.error("reload failed; nothing changed: %s", message)
-        self.reloads["error"] = message
-        return False
-
-    async def _reload(self) -> bool:
-        old = self.config
-        log.info("reloading %s", old.source or "the embedded default config")
+    async def _reload(self) -> str:
+        """Apply the config file as it is now; the problem when it cannot be, else ""."""
+        log.info("reloading %s", self.config.source or "the embedded default config")
         try:
-            config = load_config(old.source)
+            config = load_config(self.config.source)
             resolved = resolve_functions(
                 config, discover(autoload=not config.disable_plugin_autoload)
             )
         except ConfigError as exc:
-            return self._reload_failed(str(exc))
+            return str(exc)
         new = {fn.name: fn for fn in resolved}
+        # new sockets first, all or none: a failure must leave everything as it was
         added: list[FunctionState] = []
         try:
             for name, fn in new.items():
@@ -606,52 +595,50 @@ class Supervisor:
             for fs in added:
                 fs.sock.close()
                 remove_socket_file(fs.function.socket, fs.inode)
-            return self._reload_failed(str(exc))
+            return str(exc)
         assert self._tg is not None
         self.config = config
         self.generation += 1
         removed = [fs for name, fs in self.functions.items() if name not in new]
-        for fs in removed + [
-            self.functions[a.name] for a in added if a.name in self.functions
-        ]:  # a function whose socket moved stops accepting on the old path
+        moved = [self.functions[fs.name] for fs in added if fs.name in self.functions]
+        for fs in removed + moved:  # stop accepting (a moved function: on its old path)
             self._stop_accepting(fs)
             del self.functions[fs.name]
-        for name, fn in new.items():
-            if name in self.functions:
-                fs = self.functions[name]
-                if fs.function != fn:
-                    fs.state, fs.error = "loading", ""
-                fs.function = fn
+        for fs in self.functions.values():
+            if fs.function != new[fs.name]:
+                fs.state, fs.error = "loading", ""
+            fs.function = new[fs.name]
         for fs in added:
             fs.info = self._store.get(fs.name)
             self.functions[fs.name] = fs
             self._tg.start_soon(self._accept, fs)
-        for fs in self.functions.values():
-            fs.generation = -1
-        # every pool gets a new generation: the new config and newly installed plugins
-        old_pools, self.pools = self.pools, {}
-        for name, size in config.pool_sizes().items():
-            self.pools[name] = Pool(name, size, self.generation)
-            if name in old_pools:
-                self.pools[name].restarts = old_pools[name].restarts
-        for pool in old_pools.values():
-            for w in pool.workers:
-                w.retired = True
-                self._retired.append(w)
+        # Every pool gets a new generation (the new config, newly installed plugins). The
+        # Pool objects stay, so connections held while a pool has no worker see the new one.
+        sizes = config.pool_sizes()
+        for name, pool in list(self.pools.items()):
+            for worker in pool.workers:
+                worker.retired = True
                 with contextlib.suppress(ChannelClosed):
-                    await w.channel.send({"op": "retire"})
-        for pool in self.pools.values():
-            for slot in range(1, pool.size + 1):
-                self._tg.start_soon(self._start_worker, pool, slot, 0.0, pool.generation)
+                    await worker.channel.send({"op": "retire"})
+            self._retired += pool.workers
+            pool.workers = []
+            if name not in sizes:
+                del self.pools[name]
+        for name, size in sizes.items():
+            pool = self.pools.setdefault(name, Pool(name, size, self.generation))
+            pool.size, pool.generation = size, self.generation
+            pool.update_available()
+            for slot in range(1, size + 1):
+                self._tg.start_soon(self._start_worker, pool, slot, 0.0, self.generation)
         log.info(
             "reloaded: %d function(s) (%d new, %d removed); %d old worker(s) keep their "
             "open connections",
             len(self.functions),
-            len([a for a in added if a.name not in {r.name for r in removed}]),
+            len(added) - len(moved),
             len(removed),
             len(self._retired),
         )
-        return True
+        return ""
 
     # ------------------------------------------------------------ status
 
@@ -695,12 +682,6 @@ class Supervisor:
         await self._publish()
         log.info("ready: %s", summary)
         systemd.notify("READY=1", f"STATUS={summary}")
-
-
-def _pair() -> tuple[socket.socket, socket.socket]:
-    from udfd.serve.channel import pair
-
-    return pair()
 
 
 async def run_until_signalled(supervisor: Supervisor) -> None:

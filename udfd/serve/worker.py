@@ -21,13 +21,13 @@ connection, and ``stats`` about once a second while something changed.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import logging
 import os
 import signal
 import socket
-from collections.abc import Coroutine
 from dataclasses import dataclass
 from typing import Any
 
@@ -37,9 +37,9 @@ import anyio.to_thread
 
 from udfd import logs
 from udfd.config import Function
+from udfd.engine.connection import Connection
 from udfd.engine.limits import Limits
 from udfd.engine.runner import BUSY_THREADS
-from udfd.plugins.fallback import InfoStore
 from udfd.plugins.loader import Failed, discover, load_function
 from udfd.protocol.proto import udf_pb2 as pb
 from udfd.serve.channel import Channel, ChannelClosed
@@ -79,11 +79,10 @@ class WorkerSpec:
         return dataclasses.replace(self, functions=functions)
 
 
-class _KnownInfo(InfoStore):
+class _KnownInfo:
     """The supervisor's stored Info, read-only: only the supervisor writes the file."""
 
     def __init__(self, known: dict[str, bytes]) -> None:
-        super().__init__(path=None)  # type: ignore[arg-type]
         self._known = known
 
     def get(self, function: str) -> pb.InfoResponse | None:
@@ -173,7 +172,8 @@ class _Worker:
                 os.close(fd)
             if op == "retire":
                 log.info("retired by a reload: exiting when the last connection ends")
-                self._spawn(self._exit_when_idle())
+                assert self._tg is not None
+                self._tg.start_soon(self._exit_when_idle)
             elif op == "stop":
                 await self._send_stats()
                 await self.connections.drain(float(header.get("grace", 10.0)), self.spec.label)
@@ -191,30 +191,28 @@ class _Worker:
     async def _accept(self, header: dict[str, Any], payload: bytes, fds: list[int]) -> None:
         cid = header["id"]
         runtime = self.runtimes.get(header["function"])
-        if not fds or runtime is None:
+        with contextlib.suppress(ChannelClosed):
+            await self.channel.send({"op": "took", "id": cid})
+        if not fds or runtime is None:  # a supervisor bug; keep its count right anyway
             for fd in fds:
                 os.close(fd)
             log.error("connection %s for unknown function %r dropped", cid, header["function"])
+            with contextlib.suppress(ChannelClosed):
+                await self.channel.send({"op": "closed", "id": cid})
             return
         for extra in fds[1:]:
             os.close(extra)
-        sock = socket.socket(fileno=fds[0])
-        with _suppress_closed():
-            await self.channel.send({"op": "took", "id": cid})
-        stream = await anyio.abc.UNIXSocketStream.from_socket(sock)
+        stream = await anyio.abc.UNIXSocketStream.from_socket(socket.socket(fileno=fds[0]))
         connection = runtime.connection(stream, initial=payload)
         self.connections.add(connection)
-        self._spawn(self._serve_connection(cid, runtime.name, connection))
-
-    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
         assert self._tg is not None
-        self._tg.start_soon(_await, coro)
+        self._tg.start_soon(self._serve_connection, cid, runtime.name, connection)
 
-    async def _serve_connection(self, cid: int, function: str, connection: Any) -> None:
+    async def _serve_connection(self, cid: int, function: str, connection: Connection) -> None:
         try:
             await self.connections.serve(connection, function)
         finally:
-            with anyio.CancelScope(shield=True), _suppress_closed():
+            with anyio.CancelScope(shield=True), contextlib.suppress(ChannelClosed):
                 await self.channel.send({"op": "closed", "id": cid})
 
     async def _load_all(self) -> None:
@@ -225,7 +223,7 @@ class _Worker:
                 tg.start_soon(self._load_one, fn, installed, known)
 
     async def _load_one(self, fn: Function, installed: Any, known: _KnownInfo) -> None:
-        with _suppress_closed():
+        with contextlib.suppress(ChannelClosed):
             await self.channel.send({"op": "loading", "function": fn.name})
         result = await anyio.to_thread.run_sync(
             functools.partial(
@@ -252,7 +250,7 @@ class _Worker:
             report = {"ok": True, "error": "", "origin": result.origin, "info_source": ""}
         assert runtime.spec is not None
         info = runtime.spec.info.SerializeToString()
-        with _suppress_closed():
+        with contextlib.suppress(ChannelClosed):
             await self.channel.send({"op": "loaded", "function": fn.name, **report}, info)
 
     async def _report_stats(self) -> None:
@@ -265,20 +263,6 @@ class _Worker:
         changed = {n: s for n, s in current.items() if self._reported.get(n) != s}
         if not changed:
             return
-        with _suppress_closed():
+        with contextlib.suppress(ChannelClosed):
             await self.channel.send({"op": "stats", "functions": changed})
             self._reported.update(changed)
-
-
-async def _await(coro: Coroutine[Any, Any, None]) -> None:
-    await coro
-
-
-class _suppress_closed:
-    """The supervisor may be gone; reporting to it is then pointless, not an error."""
-
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, kind: type[BaseException] | None, *_: object) -> bool:
-        return kind is not None and issubclass(kind, ChannelClosed)
