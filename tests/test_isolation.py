@@ -250,6 +250,33 @@ async def test_info_is_answered_while_the_pools_worker_restarts(daemon: Factory)
     wait_until(lambda: status(d)["pools"][0]["restarts"] >= 3)
 
 
+async def test_shutdown_after_a_worker_restart_still_gives_the_grace(
+    daemon: Factory,
+) -> None:
+    """With one worker, a crash leaves the pool empty for a moment; the shutdown that
+    comes later must still wait for open connections instead of killing at once."""
+    d = daemon(
+        'shutdown_grace = "20s"\n[functions.crash]\nhandler = "HANDLERS/handlers.py:Crash"\n'
+    )
+    d.wait_for("ready:")
+    async with connect(d.socket("crash")) as doomed:
+        await doomed.info()
+        assert (await doomed.init()).success
+        await doomed.send_points(pts(1, value=-1.0))
+        await doomed.wait_closed()
+    wait_until(lambda: status(d)["pools"][0]["restarts"] == 1)
+    wait_until(lambda: status(d)["workers"] != [] and status(d)["workers"][0]["state"] == "serving")
+    async with connect(d.socket("crash")) as client:
+        await client.info()
+        assert (await client.init()).success
+        d.proc.send_signal(signal.SIGTERM)
+        d.wait_for("stopping:")
+        await client.send_points(pts(100))  # within the grace: served to the end
+        assert len(await client.finish()) == 100
+    assert d.wait() == 0
+    assert "did not exit in time" not in d.log
+
+
 # ---------------------------------------------------------------- reload
 
 
