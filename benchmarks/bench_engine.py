@@ -1,9 +1,7 @@
 """Throughput and keepalive latency of the connection engine, next to a raw floor.
 
-Plays Kapacitor's side efficiently: points are encoded before the clock starts,
-sent in large writes with a keepalive every K points, while a concurrent reader
-counts the points coming back and times each keepalive's round trip. Servers run
-in their own processes (see servers.py), the driver in this one.
+Plays Kapacitor's side efficiently (driver.py). Servers run in their own
+processes (see servers.py), the driver in this one.
 
     python benchmarks/bench_engine.py            # 200k points, 3 runs each
     python benchmarks/bench_engine.py --short    # the quick table CI prints
@@ -14,136 +12,19 @@ It prints numbers and asserts nothing about them.
 from __future__ import annotations
 
 import argparse
+import functools
 import os
 import statistics
 import subprocess
 import sys
 import tempfile
-import time
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import anyio
-
-from udfd.protocol import wire
-from udfd.protocol.framing import FrameDecoder
-from udfd.protocol.proto import udf_pb2 as pb
+from driver import Run, drive_many, pct, stream_frames
 
 HERE = Path(__file__).resolve().parent
 WIDTHS = (6, 12, 11, 11, 9)
-
-
-@dataclass
-class Run:
-    points: int = 0
-    seconds: float = 0.0
-    keepalive_ms: list[float] = field(default_factory=list)
-
-    @property
-    def rate(self) -> float:
-        return self.points / self.seconds if self.seconds else 0.0
-
-
-def make_points(n: int) -> list[bytes]:
-    """Frames of ~70-byte points, as Kapacitor sends them for a typical cpu series."""
-    base = 1_700_000_000_000_000_000
-    frames = []
-    for i in range(n):
-        point = pb.Point(
-            time=base + i * 1_000_000_000,
-            name="cpu",
-            database="telegraf",
-            retentionPolicy="autogen",
-            tags={"host": "server"},
-            fieldsDouble={"value": 0.5 + i},
-        )
-        frames.append(wire.point_request_frame(point))
-    return frames
-
-
-async def drive(path: Path, frames: list[bytes], every: int) -> Run:
-    run = Run()
-    stream = await anyio.connect_unix(path)
-    decoder = FrameDecoder()
-    async with stream:
-        await stream.send(
-            wire.request_frame(pb.Request(info=pb.InfoRequest()))
-            + wire.request_frame(pb.Request(init=pb.InitRequest(taskID="bench", nodeID="n")))
-        )
-        leftover: list[bytes] = []
-        while not any(f[:1] == b"\x12" for f in leftover):  # the InitResponse
-            leftover.extend(decoder.feed(await stream.receive(65536)))
-        chunks = [b"".join(frames[i : i + every]) for i in range(0, len(frames), every)]
-
-        async def send() -> None:
-            for chunk in chunks:
-                ka = wire.request_frame(
-                    pb.Request(keepalive=pb.KeepaliveRequest(time=time.perf_counter_ns()))
-                )
-                await stream.send(chunk + ka)
-            await stream.send_eof()
-
-        async def receive() -> None:
-            # counts frames by walking their length prefixes: slicing every
-            # frame out would make the driver, not the server, the bottleneck
-            count = 0
-            latencies = run.keepalive_ms
-            buf = b""
-            while True:
-                try:
-                    data = await stream.receive(256 * 1024)
-                except (anyio.EndOfStream, anyio.BrokenResourceError):
-                    break
-                now = time.perf_counter_ns()
-                buf = buf + data if buf else data
-                pos, end = 0, len(buf)
-                while pos < end:
-                    size = buf[pos]
-                    start = pos + 1
-                    if size >= 0x80:
-                        if pos + 1 >= end:
-                            break
-                        size = (size & 0x7F) | (buf[pos + 1] << 7)
-                        start = pos + 2
-                        if size >= 1 << 14:
-                            raise SystemExit("driver: unexpectedly large response")
-                    stop = start + size
-                    if stop > end:
-                        break
-                    first = buf[start]
-                    if first == 0x8A:
-                        count += 1
-                    elif first == 0x1A:
-                        sent = pb.Response.FromString(buf[start:stop]).keepalive.time
-                        latencies.append((now - sent) / 1e6)
-                    pos = stop
-                buf = buf[pos:]
-            run.points = count
-
-        start = time.perf_counter()
-        async with anyio.create_task_group() as tg:
-            tg.start_soon(receive)
-            tg.start_soon(send)
-        run.seconds = time.perf_counter() - start
-    return run
-
-
-async def drive_many(path: Path, frames: list[bytes], every: int, conns: int) -> Run:
-    share = len(frames) // conns
-    runs: list[Run] = []
-
-    async def one(i: int) -> None:
-        runs.append(await drive(path, frames[i * share : (i + 1) * share], every))
-
-    start = time.perf_counter()
-    async with anyio.create_task_group() as tg:
-        for i in range(conns):
-            tg.start_soon(one, i)
-    total = Run(seconds=time.perf_counter() - start)
-    for r in runs:
-        total.points += r.points
-        total.keepalive_ms.extend(r.keepalive_ms)
-    return total
 
 
 class Server:
@@ -173,13 +54,6 @@ class Server:
         self.dir.rmdir()
 
 
-def pct(values: list[float], q: float) -> float:
-    if not values:
-        return float("nan")
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(q / 100 * len(ordered)))]
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--points", "-n", type=int, default=200_000)
@@ -191,7 +65,7 @@ def main() -> None:
     if args.short:
         args.points, args.runs = 20_000, 1
     loop_opts = ["--uvloop"] if args.uvloop else []
-    frames = make_points(args.points)
+    frames = stream_frames(args.points)
     size = statistics.mean(len(f) for f in frames[:100])
     print(
         f"{args.points} points of ~{size:.0f} bytes, a keepalive every {args.keepalive_every}, "
@@ -215,15 +89,15 @@ def main() -> None:
             best: Run | None = None
             for _ in range(args.runs):
                 run = anyio.run(
-                    drive_many,
+                    functools.partial(drive_many, check_init=label != "raw"),
                     server.path,
                     frames,
                     args.keepalive_every,
                     conns,
                     backend_options={"use_uvloop": args.uvloop},
                 )
-                if run.points != args.points - args.points % conns:
-                    raise SystemExit(f"{label}: {run.points} of {args.points} points came back")
+                if run.points_out != args.points - args.points % conns:
+                    raise SystemExit(f"{label}: {run.points_out} of {args.points} points came back")
                 if best is None or run.rate > best.rate:
                     best = run
             assert best is not None

@@ -1,0 +1,180 @@
+"""Points/s and keepalive latency of the handlers people run, next to the trivial mirror.
+
+Every first-party handler, and the legacy path with the project's own files in the
+style of the official agent's examples (``tests/legacy_handlers/mirror.py`` and
+``moving_avg.py``), served by one ``udfd serve`` with one worker, one connection
+at a time. The trivial native mirror, measured in the same run, is the ceiling:
+what the engine costs with a handler that does nothing.
+
+    python benchmarks/bench_handlers.py            # 200k points, best of 3 runs
+    python benchmarks/bench_handlers.py --short    # the quick table CI prints
+    python benchmarks/bench_handlers.py --kdrive ../shared/tools/kdrive
+                                                   # cross-check with an independent driver
+
+The data is kdrive's: one ``cpu`` series whose ``value`` grows by 1 each point, so
+``state_change`` sees a change on every point (its worst case: every point is
+emitted) and ``outliers`` finds none. It prints numbers and asserts nothing about
+them, except that every handler answered and no connection failed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import json
+import os
+import shutil
+import subprocess
+import tempfile
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import anyio
+from driver import OptionValue, Run, batch_frames, drive, pct, stream_frames
+
+from udfd.testing import DaemonProcess
+
+HERE = Path(__file__).resolve().parent
+LEGACY = HERE.parent / "tests" / "legacy_handlers"
+
+
+@dataclass(frozen=True)
+class Case:
+    name: str
+    handler: str
+    options: dict[str, OptionValue | Sequence[OptionValue]] = field(default_factory=dict)
+    #: points per batch; 0 for a stream
+    batch: int = 0
+    note: str = ""
+
+
+CASES = (
+    Case("mirror", f"{HERE / 'isolation_handlers.py'}:Mirror", note="ceiling: returns its input"),
+    Case("state_change", "state_change", {"field": "value"}, note="a change on every point"),
+    Case("moving_average", "moving_average", {"field": "value", "size": 10}),
+    Case("threshold", "threshold", {"range": ("value", 0.0, 1e12)}, note="filter, keeps all"),
+    Case("outliers", "outliers", {"field": "value"}, batch=100, note="batches of 100"),
+    Case(
+        "legacy_mirror",
+        f"{LEGACY / 'mirror.py'}:MirrorHandler",
+        note="official-agent API, unmodified",
+    ),
+    Case(
+        "legacy_moving_avg",
+        f"{LEGACY / 'moving_avg.py'}:AvgHandler",
+        {"field": "value", "size": 10, "as": "avg"},
+        note="official-agent API, unmodified",
+    ),
+)
+
+
+def config(cases: Sequence[Case]) -> str:
+    lines = ["workers = 1", 'shutdown_grace = "1s"']
+    for case in cases:
+        lines += [f"[functions.{case.name}]", f'handler = "{case.handler}"']
+    return "\n".join(lines) + "\n"
+
+
+def run_kdrive(kdrive: str, socket: Path, case: Case, points: int, every: int) -> Run:
+    """One run of the independent driver, its JSON read back into a :class:`Run`."""
+    cmd = [kdrive, "batch" if case.batch else "stream", "-socket", str(socket)]
+    cmd += ["-n", str(points), "-k", str(every), "-runs", "1"]
+    if case.batch:
+        cmd += ["-b", str(case.batch)]
+    for name, raw in case.options.items():
+        for value in raw if isinstance(raw, (list, tuple)) else [raw]:
+            typed = f"float:{value}" if isinstance(value, float) else str(value)
+            cmd += ["-opt", f"{name}={typed}"]
+    out = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    if out.returncode != 0:
+        raise SystemExit(f"kdrive failed on {case.name}: {out.stderr.strip() or out.stdout}")
+    result = json.loads(out.stdout)["runs"][0]
+    ka = result["keepalive"]
+    return Run(
+        points_in=result["points_sent"],
+        points_out=result["points_received"],
+        seconds=result["wall_s"],
+        # kdrive reports percentiles only: p50 and p99 stand for the distribution
+        keepalive_ms=[ka["p50_us"] / 1e3, ka["p99_us"] / 1e3],
+        max_gap_ms=result["max_response_gap_ms"],
+    )
+
+
+def measure(
+    daemon: DaemonProcess, case: Case, args: argparse.Namespace, frames: list[bytes]
+) -> Run:
+    best: Run | None = None
+    socket = daemon.socket(case.name)
+    for _ in range(args.runs):
+        if args.kdrive:
+            run = run_kdrive(args.kdrive, socket, case, args.points, args.keepalive_every)
+        else:
+            run = anyio.run(
+                functools.partial(drive, options=case.options),
+                socket,
+                frames,
+                args.keepalive_every,
+            )
+        if run.error:
+            raise SystemExit(f"{case.name}: the connection failed: {run.error}")
+        if best is None or run.rate > best.rate:
+            best = run
+    assert best is not None
+    return best
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--points", "-n", type=int, default=200_000)
+    parser.add_argument("--keepalive-every", "-k", type=int, default=1000)
+    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--short", action="store_true", help="20k points, 1 run")
+    parser.add_argument("--kdrive", metavar="PATH", help="drive with kdrive instead")
+    parser.add_argument("--only", action="append", metavar="NAME", help="just these cases")
+    args = parser.parse_args()
+    if args.short:
+        args.points, args.runs = 20_000, 1
+    cases = [c for c in CASES if not args.only or c.name in args.only]
+    workdir = Path(tempfile.mkdtemp(prefix="ubh-", dir="/tmp"))
+    daemon = DaemonProcess(workdir, config(cases))
+    try:
+        daemon.wait_for(f"ready: {len(cases)} function(s) ready, 0 failed")
+        print(
+            f"{args.points} points per case, one connection, a keepalive every "
+            f"{args.keepalive_every}, best of {args.runs} run(s); {os.cpu_count()} cores; "
+            f"driver: {'kdrive' if args.kdrive else 'benchmarks/driver.py'}"
+        )
+        header = ("handler", "points/s", "of mirror", "out", "ka p50 ms", "ka p99 ms", "gap ms")
+        widths = (19, 11, 10, 8, 10, 10, 8)
+        print(
+            "".join(
+                f"{h:>{w}}" if i else f"{h:<{w}}"
+                for i, (h, w) in enumerate(zip(header, widths, strict=True))
+            )
+            + "  note"
+        )
+        stream = stream_frames(args.points)
+        ceiling = 0.0
+        for case in cases:
+            frames = batch_frames(args.points, case.batch) if case.batch else stream
+            run = measure(daemon, case, args, frames)
+            ceiling = ceiling or run.rate
+            row = (
+                f"{case.name:<19}{run.rate:>11,.0f}{run.rate / ceiling:>10.0%}"
+                f"{run.points_out:>8}{pct(run.keepalive_ms, 50):>10.2f}"
+                f"{pct(run.keepalive_ms, 99):>10.2f}{run.max_gap_ms:>8.1f}"
+            )
+            print(f"{row}  {case.note}", flush=True)
+    finally:
+        daemon.stop()
+        problems = [line for line in daemon.lines if " ERROR " in line or " WARNING " in line]
+        daemon.close()
+        shutil.rmtree(workdir, ignore_errors=True)
+    if problems:
+        print("the daemon logged:\n  " + "\n  ".join(problems[:10]))
+        raise SystemExit(1)
+
+
+if __name__ == "__main__":
+    main()
