@@ -29,6 +29,7 @@ from udfd.points import (
     has_field,
     make_point,
     remove_field,
+    replace_fields,
     set_field,
 )
 from udfd.state import GroupState, SnapshotError
@@ -67,5 +68,6 @@ __all__ = [
     "has_field",
     "make_point",
     "remove_field",
+    "replace_fields",
     "set_field",
 ]

@@ -13,8 +13,8 @@ handler's state layout changes without a migration.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Iterator, Mapping
-from typing import Any, Generic, TypeVar
+from collections.abc import Callable, Mapping
+from typing import Any, TypeVar
 
 from udfd.errors import UdfdError
 
@@ -31,15 +31,18 @@ def _identity(value: Any) -> Any:
     return value
 
 
-class GroupState(Generic[S]):
+class GroupState(dict[str, S]):
     """A mapping from group key to one state object, created on first use.
 
     ``dump`` turns a state into JSON-serialisable data and ``load`` reverses it;
     both default to the identity, which suits states that are JSON already
     (numbers, strings, lists, dicts).
+
+    It is a ``dict`` itself, so ``state[group]`` is one lookup in C for every
+    point: only a group seen for the first time reaches Python (``__missing__``).
     """
 
-    __slots__ = ("_dump", "_factory", "_load", "_states")
+    __slots__ = ("_dump", "_factory", "_load")
 
     def __init__(
         self,
@@ -48,47 +51,30 @@ class GroupState(Generic[S]):
         dump: Callable[[S], Any] = _identity,
         load: Callable[[Any], S] = _identity,
     ) -> None:
+        super().__init__()
         self._factory = factory
         self._dump = dump
         self._load = load
-        self._states: dict[str, S] = {}
 
-    def __getitem__(self, group: str) -> S:
-        try:
-            return self._states[group]
-        except KeyError:
-            state = self._states[group] = self._factory()
-            return state
+    def __missing__(self, group: str) -> S:
+        state = self[group] = self._factory()
+        return state
 
-    def __setitem__(self, group: str, state: S) -> None:
-        self._states[group] = state
+    # dicts compare by content; a handler's state is one object, compared by identity
+    __eq__ = object.__eq__
+    __ne__ = object.__ne__
+    __hash__ = object.__hash__  # type: ignore[assignment]
 
-    def __delitem__(self, group: str) -> None:
-        del self._states[group]
-
-    def __contains__(self, group: object) -> bool:
-        return group in self._states
-
-    def __len__(self) -> int:
-        return len(self._states)
-
-    def __iter__(self) -> Iterator[str]:
-        return iter(self._states)
-
-    def get(self, group: str) -> S | None:
-        return self._states.get(group)
-
-    def items(self) -> Iterator[tuple[str, S]]:
-        return iter(self._states.items())
-
-    def clear(self) -> None:
-        self._states.clear()
+    def __repr__(self) -> str:
+        return f"GroupState({dict.__repr__(self)})"
 
     def to_json(self) -> dict[str, Any]:
-        return {group: self._dump(state) for group, state in self._states.items()}
+        return {group: self._dump(state) for group, state in self.items()}
 
     def load_json(self, data: Mapping[str, Any]) -> None:
-        self._states = {str(group): self._load(value) for group, value in data.items()}
+        states = {str(group): self._load(value) for group, value in data.items()}
+        self.clear()  # only once every state loaded: a failed load keeps the old ones
+        self.update(states)
 
 
 def encode_snapshot(

@@ -256,3 +256,28 @@ async def test_restore_rejects_malformed_window(drive: Any) -> None:
         run = await drive(site, {"field": "value", "size": 2}, restore=bad)
     assert run.restore is not None and not run.restore.success
     assert "not a list of numbers" in run.restore.error
+
+
+async def test_extreme_magnitudes_are_exact(drive: Any) -> None:
+    # subnormals need 1074 bits below the binary point, 1e308 over 1000 above it
+    values: list[int | float] = [5e-324, 1.0, 1e308, -1e308, 2.5e-310, 3, 1e-300, 7.0]
+    values += [1.5, 2.25, 2**62, 0.1, -(2**63)] * 10
+    async with serve_handler(MovingAverage) as site:
+        run = await drive(site, {"field": "value", "size": 3}, points=series(values))
+    assert run.errors == []
+    assert averages(run) == exact_means(values, 3)
+
+
+def test_the_unit_comes_back_down_after_a_tiny_value_leaves() -> None:
+    # the sum's integer grows with the finest unit in the window; it must not stay
+    # at 2**-1074 for ever because one subnormal once passed through
+    from udfd_handlers.moving_average import Window
+
+    window = Window(4)
+    for v in [1.5, 5e-324, 2.0, 3.0]:
+        window.push(v)
+    assert window.scale == 1074
+    for v in [0.25, 4.0, 8.5, 1.0, 2.0, 3.0, 0.5, 0.75]:
+        window.push(v)
+    assert window.scale <= 64
+    assert window.mean() == float(sum(map(Fraction, list(window.values))) / 4)

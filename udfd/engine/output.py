@@ -13,7 +13,7 @@ never ends (a handler failure, end of input) is never half-sent.
 from __future__ import annotations
 
 from collections.abc import Iterable
-from typing import Any
+from typing import Any, cast
 
 from udfd.errors import OutputError
 from udfd.protocol import wire
@@ -23,6 +23,19 @@ _Point = pb.Point
 _BeginBatch = pb.BeginBatch
 _EndBatch = pb.EndBatch
 _MESSAGES = (pb.Point, pb.BeginBatch, pb.EndBatch)
+
+
+class Encoded(list[bytes | pb.BeginBatch | pb.EndBatch]):
+    """Output an adapter has encoded already: each point as its framed ``Response``
+    (the bytes ``wire.point_frame`` makes), batch edges as messages.
+
+    The legacy path serializes a handler's ``Response`` once, when the handler
+    writes it, which both snapshots it (legacy code may reuse and change it) and
+    is the encoding the wire needs; decoding it back into a point to encode it
+    again would cost more than the handler itself.
+    """
+
+    __slots__ = ()
 
 
 class OutputBuffer:
@@ -57,6 +70,9 @@ class OutputBuffer:
         """
         if result is None:
             return
+        if type(result) is Encoded:
+            self._add_encoded(result)
+            return
         if isinstance(result, _MESSAGES):
             self._add_one(result)
             return
@@ -73,6 +89,20 @@ class OutputBuffer:
                 raise OutputError(f"handler output contains a {type(item).__name__}")
         for item in items:
             self._add_one(item)
+
+    def _add_encoded(self, items: Encoded) -> None:
+        frames = self.frames
+        for item in items:
+            if type(item) is bytes:
+                if self._batch is not None:
+                    self._batch.append(item)
+                elif self.provides_batch:
+                    raise OutputError("point outside BeginBatch/EndBatch from a batch handler")
+                else:
+                    frames.append(item)
+                    self.points += 1
+            else:
+                self._add_one(cast("pb.BeginBatch | pb.EndBatch", item))
 
     def _add_one(self, msg: pb.Point | pb.BeginBatch | pb.EndBatch) -> None:
         if isinstance(msg, _Point):

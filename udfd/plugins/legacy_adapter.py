@@ -8,15 +8,21 @@ loader, so the import goes one way only (``udfd.plugins.legacy`` re-exports the 
 here; import them from there).
 
 * One legacy instance per Kapacitor connection, created at Init with an
-  adapter agent. The agent buffers what ``write_response`` receives (under a
-  lock: legacy handlers may write from their own threads); after each callback
-  the adapter returns the buffered points and batch edges as the callback's
-  output, so they reach the connection's single writer in order and are sent
-  at once. (The official agent only flushes when asked, or at the next
-  keepalive; udfd flushes regardless of the ``flush`` flag.) Writes from other
-  threads between callbacks ask the connection for a ``flush()``.
-* Callbacks run in a worker thread (``threaded = True``): legacy code is
-  synchronous, and keepalives must keep flowing while it works.
+  adapter agent. The agent buffers what ``write_response`` receives; after each
+  callback the adapter returns the buffered points and batch edges as the
+  callback's output, so they reach the connection's single writer in order and
+  are sent at once. (The official agent only flushes when asked, or at the next
+  keepalive; udfd flushes regardless of the ``flush`` flag.)
+* The path of a point costs what the handler's own code costs plus one
+  serialization: a point ``Response`` written from the callback's own thread
+  is serialized right there (which is also the snapshot the legacy code's
+  reuse of its Response requires) and appended, without a lock, as the very
+  frame the wire needs (:class:`udfd.engine.output.Encoded`). Writes from the
+  handler's other threads take a lock, ask the connection for a ``flush()``,
+  and block while their output piles up.
+* Callbacks run off the I/O thread, a whole chunk of points per hop (as all
+  plain handlers do): legacy code is synchronous, and keepalives must keep
+  flowing while it works.
 * An ``ErrorResponse`` written by the handler ends that connection with its
   message, after the output written before it; an exception does the same, as
   under the official agent, but only that connection is affected. At the end
@@ -41,13 +47,19 @@ from typing import Any, ClassVar, cast
 
 from google.protobuf.message import Message
 
+from udfd.engine.output import Encoded
 from udfd.errors import InitFailed, RestoreFailed, TaskError, UdfdError
 from udfd.handler import Context, Handler, Output
 from udfd.plugins.compat import kapacitor_agent as stand_in_agent
 from udfd.plugins.compat import kapacitor_udf_pb2 as stand_in_pb2
+from udfd.protocol import wire
 from udfd.protocol.proto import udf_pb2 as pb
 
-_DataMessage = pb.Point | pb.BeginBatch | pb.EndBatch
+_Response = pb.Response
+_point_response_frame = wire.point_response_frame
+_get_ident = threading.get_ident
+#: what the buffer holds besides errors: point frames, and batch edges as messages
+_Item = bytes | pb.BeginBatch | pb.EndBatch
 #: messages a legacy handler's own thread may have waiting before write_response blocks
 BUFFER_LIMIT = 1024
 _DATA_KINDS = frozenset({"point", "begin", "end"})
@@ -82,6 +94,11 @@ class ReportedError(Exception):
 
 
 # ------------------------------------------------------------------ message conversion
+
+
+def _encoded(items: list[_Item | _ErrorMark]) -> Output:
+    """Buffered output (the caller cut it before any error) as a callback's result."""
+    return cast("Output", Encoded(cast("list[_Item]", items)))
 
 
 def _is_message(obj: object, name: str) -> bool:
@@ -185,14 +202,31 @@ class LegacyAdapter(Handler[Any]):
         self._lock = threading.Lock()
         #: signalled when the connection takes buffered output (shares ``_lock``)
         self._room = threading.Condition(self._lock)
-        #: what write_response delivered, in order: data messages and reported errors
-        self._buffer: list[_DataMessage | _ErrorMark] = []
-        self._in_callback = False
+        #: what write_response delivered, in order: point frames, batch edges, errors.
+        #: The callback's own thread appends without the lock (it is also the only
+        #: thread that replaces the list); other threads append under it.
+        self._buffer: list[_Item | _ErrorMark] = []
+        #: _ErrorMarks in the buffer (changed under the lock)
+        self._marks = 0
+        #: threads blocked in _wait_for_room (changed under the lock)
+        self._waiters = 0
+        #: the thread running a callback now (0 between callbacks)
+        self._callback_thread = 0
         self._closed = False
 
     # ---- what write_response feeds
 
     def _write(self, response: Any) -> None:
+        if type(response) is _Response and _get_ident() == self._callback_thread:
+            frame = _point_response_frame(response.SerializeToString())
+            if frame is not None:  # the hot path: a point, from the callback itself
+                if self._closed:
+                    self._warn_once(
+                        "after-close", "output written after the connection ended dropped"
+                    )
+                    return
+                self._buffer.append(frame)
+                return
         found = _as_response(response)
         if found is None:
             raise TypeError(
@@ -202,7 +236,9 @@ class LegacyAdapter(Handler[Any]):
         message, fresh, _ = found
         which = message.WhichOneof("message")
         item: Any
-        if which in _DATA_KINDS:
+        if which == "point":
+            item = wire.point_frame(message.point)  # serialized now: later changes are not seen
+        elif which in _DATA_KINDS:
             item = getattr(message, which)
             if not fresh:  # the legacy code may reuse and change its Response afterwards
                 copy = type(item)()
@@ -218,13 +254,15 @@ class LegacyAdapter(Handler[Any]):
                 which or "empty",
             )
             return
+        own = _get_ident() == self._callback_thread
         with self._lock:
             if self._closed:
                 self._warn_once("after-close", "output written after the connection ended dropped")
                 return
             self._buffer.append(item)
-            wake = not self._in_callback
-        if wake:
+            if type(item) is _ErrorMark:
+                self._marks += 1
+        if not own:  # the callback's own output is taken when it returns
             self.context.request_flush()
             self._wait_for_room()
 
@@ -233,8 +271,12 @@ class LegacyAdapter(Handler[Any]):
         agent's ``write_response`` blocks on a full socket: first while the buffer
         waits for the connection to take it, then while the writer is full."""
         with self._room:
-            while len(self._buffer) >= BUFFER_LIMIT and not self._closed:
-                self._room.wait(0.5)
+            self._waiters += 1
+            try:
+                while len(self._buffer) >= BUFFER_LIMIT and not self._closed:
+                    self._room.wait(0.5)
+            finally:
+                self._waiters -= 1
         self.context.wait_writable()
 
     def _drain(self) -> Output:
@@ -249,20 +291,24 @@ class LegacyAdapter(Handler[Any]):
         """
         with self._lock:
             buffer = self._buffer
-            self._room.notify_all()
             if not buffer:
                 return None
+            if self._waiters:
+                self._room.notify_all()
+            if not self._marks:  # the common case: hand the whole list over
+                self._buffer = []
+                return _encoded(buffer)
             first = buffer[0]
             if isinstance(first, _ErrorMark):
                 del buffer[0]
-                more = bool(buffer)
+                self._marks -= 1
             else:
                 cut = next(
                     (i for i, m in enumerate(buffer) if isinstance(m, _ErrorMark)), len(buffer)
                 )
-                out = cast("list[_DataMessage]", buffer[:cut])
+                out = _encoded(buffer[:cut])
                 del buffer[:cut]
-                more = bool(buffer)
+            more = bool(buffer)
         if more:
             self.context.request_flush()
         if isinstance(first, _ErrorMark):
@@ -275,6 +321,7 @@ class LegacyAdapter(Handler[Any]):
             for i, item in enumerate(self._buffer):
                 if isinstance(item, _ErrorMark):
                     del self._buffer[i]
+                    self._marks -= 1
                     return item.error
         return None
 
@@ -286,13 +333,11 @@ class LegacyAdapter(Handler[Any]):
             self.context.request_flush()
 
     def _call_legacy(self, name: str, *args: Any) -> Any:
-        with self._lock:
-            self._in_callback = True
+        self._callback_thread = _get_ident()
         try:
             return getattr(self.legacy, name)(*args)
         finally:
-            with self._lock:
-                self._in_callback = False
+            self._callback_thread = 0
 
     def _to_legacy(self, message: Message) -> Any:
         """The message as the legacy code's own udf_pb2 class (identity under the shim)."""
@@ -353,11 +398,23 @@ class LegacyAdapter(Handler[Any]):
         legacy = self.legacy_class(self.agent)
         self.agent.handler = legacy
         self.legacy = legacy
+        self._legacy_point = legacy.point
+        #: the legacy code uses udfd's own message classes: nothing to convert
+        self._native = not self.legacy_types
         self._confirm("init", self.options, InitFailed, "refused the options")
 
     def point(self, point: pb.Point) -> Output:
-        self._ignored(self._call_legacy("point", self._to_legacy(point)), "point")
-        return self._drain()
+        # the hot path, inlined: _call_legacy, and _to_legacy when nothing converts
+        self._callback_thread = _get_ident()
+        try:
+            result = self._legacy_point(point if self._native else self._to_legacy(point))
+        finally:
+            self._callback_thread = 0
+        if result is not None:
+            self._ignored(result, "point")
+        if self._buffer:
+            return self._drain()
+        return None
 
     def begin_batch(self, begin: pb.BeginBatch) -> Output:
         self._ignored(self._call_legacy("begin_batch", self._to_legacy(begin)), "begin_batch")
@@ -389,10 +446,11 @@ class LegacyAdapter(Handler[Any]):
             self._closed = True
             self._room.notify_all()
             buffer, self._buffer = self._buffer, []
+            self._marks = 0
         cut = next((i for i, m in enumerate(buffer) if isinstance(m, _ErrorMark)), len(buffer))
-        out = cast("list[_DataMessage]", buffer[:cut])
+        out = buffer[:cut]
         if cut == len(buffer):
-            return out or None
+            return _encoded(out) if out else None
         error = cast("_ErrorMark", buffer[cut]).error
         if not out:
             raise LegacyHandlerError(error)
@@ -405,13 +463,14 @@ class LegacyAdapter(Handler[Any]):
             f" and the {dropped} written after it dropped" if dropped else "",
             error,
         )
-        return out
+        return _encoded(out)
 
     def snapshot(self) -> bytes:
         if not self.has_snapshot:
             return b""  # no snapshot(): nothing to keep (the official agent would fail)
         where = f"{self.legacy_class.__qualname__}.snapshot()"
-        result = self._call_legacy("snapshot")
+        with stand_in_pb2.tolerant_snapshots():  # a str snapshot is encoded, with a warning
+            result = self._call_legacy("snapshot")
         error = self._take_error()
         if error is not None:
             raise LegacyHandlerError(error)

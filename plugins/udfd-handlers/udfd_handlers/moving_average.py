@@ -7,12 +7,21 @@ value that passes through the window leaves its rounding error behind for ever
 for months, so that error has time to grow.
 
 Here the running sum is exact instead. Every finite double is an integer
-multiple of 2**-1074, so the window's sum is kept as one Python integer in those
-units; adding and subtracting are exact, and the mean is a single correctly
+multiple of a power of two (``value.as_integer_ratio()`` has a power-of-two
+denominator), so the window's sum is kept as one Python integer in units of
+2**-scale, where ``scale`` is the finest of those powers among the values in the
+window; adding and subtracting are exact, and the mean is a single correctly
 rounded integer division. The result is the exactly rounded mean of the window,
-at a constant ~1.3 µs a point whatever the window size (``math.fsum`` over the
-window costs ~1.6 µs at size 100 and ~15 µs at size 1000, and is still rounded
-twice; a Neumaier-compensated sum costs ~0.6 µs but is only nearly exact).
+whatever its size. ``math.fsum`` over the window costs ~1.6 µs at size 100 and
+~15 µs at size 1000, and still rounds twice; a Neumaier-compensated sum is only
+nearly exact.
+
+The scale adapts because its cost is the size of that integer: sensor readings
+such as ``23.7`` need about 50 bits, so the sum stays a small integer, while a
+fixed unit of 2**-1074 (every double's) makes every addition and the division
+work on 1,100-bit numbers, about twice the cost of the whole point. A tiny value
+(``1e-300``) raises the scale while it is in the window; once it has left, the
+scale comes back down (checked once per window length, so in constant time).
 
 Infinities and NaN are kept out of the exact sum and counted, so they affect the
 mean only while they are in the window, as IEEE arithmetic would have it.
@@ -24,12 +33,9 @@ from collections import deque
 from typing import Any
 
 from pydantic import Field
-from udfd import Flag, GroupState, Handler, Options, Point, SnapshotError, derive
+from udfd import Flag, GroupState, Handler, Options, Point, SnapshotError, replace_fields
 
 from ._common import number
-
-#: log2 of the unit of the exact sum: the smallest positive double is 2**-1074.
-_SHIFT = 1074
 
 
 class MovingAverageOptions(Options):
@@ -45,22 +51,28 @@ class MovingAverageOptions(Options):
     full_only: Flag = Field(False, alias="fullOnly")
 
 
-def _exact(value: int | float) -> int:
-    """``value`` as an integer count of 2**-1074 (exact for every finite double and int)."""
+#: above this scale (bits below the binary point) the window tries to come back down
+_RESCALE_ABOVE = 64
+
+
+def _ratio(value: int | float) -> tuple[int, int]:
+    """``value`` as ``(numerator, k)`` with ``value == numerator / 2**k`` (finite only)."""
     if type(value) is int:
-        return value << _SHIFT
+        return value, 0
     numerator, denominator = value.as_integer_ratio()  # denominator is a power of two
-    return numerator << (_SHIFT + 1 - denominator.bit_length())
+    return numerator, denominator.bit_length() - 1
 
 
 class Window:
-    """The last ``size`` values of one group and their exact sum."""
+    """The last ``size`` values of one group and their exact sum, in units of 2**-scale."""
 
-    __slots__ = ("nan", "neg_inf", "pos_inf", "total", "values")
+    __slots__ = ("nan", "neg_inf", "pos_inf", "pushes", "scale", "total", "values")
 
     def __init__(self, size: int, values: list[int | float] | None = None) -> None:
         self.values: deque[int | float] = deque(maxlen=size)
         self.total = 0
+        self.scale = 0
+        self.pushes = 0
         self.nan = 0
         self.pos_inf = 0
         self.neg_inf = 0
@@ -70,19 +82,44 @@ class Window:
     def push(self, value: int | float) -> None:
         values = self.values
         if len(values) == values.maxlen:
-            self._account(values[0], -1)
+            old = values[0]
+            if type(old) is int or old - old == 0.0:  # finite
+                numerator, k = _ratio(old)
+                self.total -= numerator << (self.scale - k)
+            else:
+                self._count(old, -1)
         values.append(value)
-        self._account(value, 1)
+        if type(value) is int or value - value == 0.0:
+            numerator, k = _ratio(value)
+            scale = self.scale
+            if k > scale:
+                self.total <<= k - scale
+                self.scale = scale = k
+            self.total += numerator << (scale - k)
+        else:
+            self._count(value, 1)
+        if self.scale > _RESCALE_ABOVE:
+            self.pushes += 1
+            if self.pushes >= len(values):
+                self._rescale()
 
-    def _account(self, value: int | float, sign: int) -> None:
-        if type(value) is int or value - value == 0.0:  # finite
-            self.total += sign * _exact(value)
-        elif value != value:
+    def _count(self, value: float, sign: int) -> None:
+        if value != value:
             self.nan += sign
         elif value > 0:
             self.pos_inf += sign
         else:
             self.neg_inf += sign
+
+    def _rescale(self) -> None:
+        """Bring the unit back up to the finest one the window still needs."""
+        self.pushes = 0
+        needed = max(
+            (_ratio(v)[1] for v in self.values if type(v) is int or v - v == 0.0), default=0
+        )
+        if needed < self.scale:
+            self.total >>= self.scale - needed  # exact: every value is a multiple
+            self.scale = needed
 
     @property
     def full(self) -> bool:
@@ -96,7 +133,7 @@ class Window:
         if self.neg_inf:
             return float("-inf")
         # int / int is correctly rounded in Python; the mean of doubles never overflows
-        return self.total / (len(self.values) << _SHIFT)
+        return self.total / (len(self.values) << self.scale)
 
 
 class MovingAverage(Handler[MovingAverageOptions]):
@@ -109,14 +146,20 @@ class MovingAverage(Handler[MovingAverageOptions]):
     def init(self) -> None:
         size = self.options.size
         self.windows = GroupState(lambda: Window(size), dump=_dump, load=lambda d: _load(size, d))
+        self._field = self.options.field
+        self._as = self.options.as_
+        self._full_only = self.options.full_only
 
     def point(self, point: Point) -> Point | None:
-        value = number(point, self.options.field)
+        name = self._field
+        doubles = point.fieldsDouble
+        value = doubles[name] if name in doubles else number(point, name)
         window = self.windows[point.group]
         window.push(value)
-        if self.options.full_only and not window.full:
+        if self._full_only and not window.full:
             return None
-        return derive(point, {self.options.as_: window.mean()})
+        # the input is not kept: it becomes the output, with only the average
+        return replace_fields(point, {self._as: window.mean()})
 
 
 def _dump(window: Window) -> list[int | float]:

@@ -20,7 +20,6 @@ as ``changeDetect`` does on batches). Both share :class:`Detector`.
 from __future__ import annotations
 
 import base64
-import math
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import timedelta
@@ -45,8 +44,8 @@ from udfd.points import FieldValue
 
 from ._common import FIELD_PLACEHOLDER, check_no_clash, nanoseconds, output_names, unique
 
-#: One field's state as compared: a type tag and the (normalised) value.
-StateKey: TypeAlias = tuple[tuple[str, FieldValue], ...]
+#: One field's state as compared: its exact type and the (normalised) value.
+StateKey: TypeAlias = tuple[tuple[type, FieldValue], ...]
 
 
 class StateChangeOptions(Options):
@@ -175,27 +174,27 @@ class Detector:
     # ---- comparison
 
     def key_of(self, values: Iterable[FieldValue]) -> StateKey:
-        return tuple(self._key(v) for v in values)
+        key = self._key
+        return tuple([key(v) for v in values])
 
-    def _key(self, value: FieldValue) -> tuple[str, FieldValue]:
-        # bool before int: True == 1 in Python, but they are different states here
-        if isinstance(value, str):
+    def _key(self, value: FieldValue) -> tuple[type, FieldValue]:
+        """What is compared: the exact type (``bool`` is not ``int``) and the value."""
+        kind = type(value)
+        if kind is float:
+            return (float, "NaN") if value != value else (float, value)
+        if kind is str:
             if self._trim:
-                value = value.strip()
+                value = value.strip()  # type: ignore[union-attr]
             if self._ignore_case:
-                value = value.casefold()
-            return ("string", value)
-        if isinstance(value, bool):
-            return ("bool", value)
-        if isinstance(value, int):
-            return ("int", value)
-        if math.isnan(value):
-            return ("float", "NaN")
-        return ("float", value)
+                value = value.casefold()  # type: ignore[union-attr]
+        return (kind, value)
 
     def values(self, point: Point) -> list[FieldValue]:
         """The tracked fields of a point; a missing one drops the point (MissingField)."""
-        return [get_field(point, name) for name in self._fields]
+        doubles = point.fieldsDouble
+        return [
+            doubles[name] if name in doubles else get_field(point, name) for name in self._fields
+        ]
 
     # ---- detection
 
@@ -207,7 +206,7 @@ class Detector:
             track.candidate = None  # a blip that went back is forgotten
             return None
         if not self._debounce:
-            return self._commit(track, _Candidate(key, values, point, 1, point.time))
+            return self._commit(track, key, values, point, point.time)
         candidate = track.candidate
         if candidate is not None and candidate.key == key:
             candidate.count += 1
@@ -215,21 +214,31 @@ class Detector:
             candidate = track.candidate = _Candidate(key, values, point, 1, point.time)
         if candidate.count >= self._stable and point.time - candidate.first >= self._stable_for:
             track.candidate = None
-            return self._commit(track, candidate)
+            return self._commit(
+                track, candidate.key, candidate.values, candidate.point, candidate.first
+            )
         return None
 
-    def _commit(self, track: GroupTrack, new: _Candidate) -> Point | None:
+    def _commit(
+        self,
+        track: GroupTrack,
+        key: StateKey,
+        values: list[FieldValue],
+        point: Point,
+        since: int,
+    ) -> Point | None:
+        """Make the new state the group's; the point that started it is what is emitted."""
         first = track.key is None
         out: Point | None = None
         if not (first and self._skip_first):
-            out = new.point
+            out = point
             if not first:
                 if self._previous is not None:
                     for name, value in zip(self._fields, track.values, strict=True):
                         set_field(out, self._previous[name], value)
                 if self._duration is not None:
-                    set_field(out, self._duration, _per_unit(new.first - track.since, self._unit))
-        track.key, track.values, track.since = new.key, new.values, new.first
+                    set_field(out, self._duration, _per_unit(since - track.since, self._unit))
+        track.key, track.values, track.since = key, values, since
         return out
 
     # ---- snapshot form (JSON keeps bool/int/float/str apart, NaN and inf included)
@@ -296,10 +305,11 @@ class StateChange(Handler[StateChangeOptions]):
 
     def init(self) -> None:
         self._detector = Detector(self.options)
+        self._observe = self._detector.observe
         self.tracks = GroupState(GroupTrack, dump=self._detector.dump, load=self._detector.load)
 
     def point(self, point: Point) -> Point | None:
-        return self._detector.observe(self.tracks[point.group], point)
+        return self._observe(self.tracks[point.group], point)
 
 
 class StateChangeBatch(BatchHandler[StateChangeOptions]):

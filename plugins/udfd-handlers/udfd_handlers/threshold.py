@@ -94,6 +94,20 @@ class Threshold(Handler[ThresholdOptions]):
         return NORMAL
 
     def point(self, point: Point) -> Point | None:
+        if self._h or self._labels is not None:
+            return self._classified(point)
+        # filter mode without hysteresis: no state, no labels, one pass
+        doubles = point.fieldsDouble
+        inside = True
+        for name, low, high in self._ranges:
+            value = doubles[name] if name in doubles else finite_or_inf(point, name)
+            if value != value:
+                finite_or_inf(point, name)  # raises: NaN is not in or out of a range
+            if value > high or value < low:
+                inside = False  # keep reading: a missing later field still drops the point
+        return point if inside is self._keep_inside else None
+
+    def _classified(self, point: Point) -> Point | None:
         # read every field first: a missing one drops the point before any state moves
         values = [finite_or_inf(point, name) for name, _, _ in self._ranges]
         if self._h:

@@ -5,20 +5,30 @@ and friends. Re-exporting udfd's generated classes (wire-identical to the
 official ones) means what a legacy handler builds is already what udfd's engine
 sends: no conversion per point.
 
-Two names are not the plain classes: ``Response`` and ``SnapshotResponse`` are
-thin proxies around them. Python-2-era handlers set the snapshot from a ``str``
+Two names are not the plain classes: ``Response`` and ``SnapshotResponse``.
+Python-2-era handlers set the snapshot from a ``str``
 (``response.snapshot.snapshot = json.dumps(state)``); on Python 3 the bytes
 field rejects that with ``TypeError: expected bytes, str found``, and generated
-protobuf classes cannot be subclassed to relax it. The proxies encode such a str
-as UTF-8 and record the coercion, so udfd can log a warning with the handler's
-context instead of failing every snapshot (which would stop the task). Every
-other attribute and method goes straight to the real message, and
-``isinstance(real_response, udf_pb2.Response)`` still holds.
+protobuf classes cannot be subclassed to relax it. A thin proxy around the real
+message encodes such a str as UTF-8 and records the coercion, so udfd can log a
+warning with the handler's context instead of failing every snapshot (which
+would stop the task).
+
+A proxy on every ``Response`` would cost more than the rest of a point's path
+(every ``response.point`` and ``CopyFrom`` through Python), and only a snapshot
+can need it. So calling these names builds the *real* message, except on a
+thread inside :func:`tolerant_snapshots` (the adapter enters it around the
+handler's ``snapshot()``), where it builds the proxy. Either way
+``isinstance(x, udf_pb2.Response)`` holds and class attributes (``DESCRIPTOR``,
+``FromString``) are the real class's.
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
+import threading
+from collections.abc import Iterator
 from typing import Any, ClassVar
 
 from google.protobuf.message import Message
@@ -77,7 +87,37 @@ class _ProxyMeta(type):
         return getattr(cls._wrapped, name)
 
 
-class _Proxy(metaclass=_ProxyMeta):
+class _FactoryMeta(_ProxyMeta):
+    """Calling the class builds the real message, or the proxy inside ``tolerant_snapshots``."""
+
+    _real: type[Message] | None = None
+
+    def __call__(cls, *args: Any, **kwargs: Any) -> Any:
+        real = cls._real
+        if real is None or _tolerance.on:
+            return super().__call__(*args, **kwargs)
+        return real(*args, **kwargs)
+
+
+class _Tolerance(threading.local):
+    on = False
+
+
+_tolerance = _Tolerance()
+
+
+@contextlib.contextmanager
+def tolerant_snapshots() -> Iterator[None]:
+    """On this thread, ``Response()``/``SnapshotResponse()`` accept a str snapshot."""
+    before = _tolerance.on
+    _tolerance.on = True
+    try:
+        yield
+    finally:
+        _tolerance.on = before
+
+
+class _Proxy(metaclass=_FactoryMeta):
     """A real message plus the list of coercions applied while legacy code filled it."""
 
     __slots__ = ("_udfd_message", "_udfd_notes")
@@ -155,6 +195,7 @@ class SnapshotResponse(_Proxy):
 
     __slots__ = ()
     _wrapped = _pb.SnapshotResponse
+    _real = _pb.SnapshotResponse
 
     @staticmethod
     def _coerce(name: str, value: Any, notes: list[str]) -> Any:
@@ -169,6 +210,7 @@ class Response(_Proxy):
 
     __slots__ = ()
     _wrapped = _pb.Response
+    _real = _pb.Response
     _views: ClassVar[dict[str, type[_Proxy]]] = {"snapshot": SnapshotResponse}
 
 
