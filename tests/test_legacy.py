@@ -104,6 +104,24 @@ def test_shim_exposes_the_official_names() -> None:
     assert pb.Response.FromString(response.SerializeToString()).point.name == "m"
 
 
+def test_the_names_are_the_real_classes_except_inside_a_snapshot() -> None:
+    # a proxy per Response would cost more than the rest of a point's path
+    from udfd.plugins.compat import kapacitor_udf_pb2 as stand_in
+
+    assert stand_in.Response is pb.Response and stand_in.SnapshotResponse is pb.SnapshotResponse
+    with pytest.raises(TypeError):
+        stand_in.Response().snapshot.snapshot = "{}"  # type: ignore[assignment]
+    with stand_in.tolerant_snapshots():
+        response = stand_in.Response()
+        with stand_in.tolerant_snapshots():  # another thread's snapshot, ending first
+            pass
+        response.snapshot.snapshot = "{}"  # still tolerant: one snapshot is still running
+        assert stand_in.unwrap(response).snapshot.snapshot == b"{}"
+        assert stand_in.notes(response) == [stand_in.SNAPSHOT_STR_NOTE]
+        assert isinstance(pb.Response(), stand_in.Response)
+    assert stand_in.Response is pb.Response and stand_in.SnapshotResponse is pb.SnapshotResponse
+
+
 def test_standalone_agent_and_server_explain_themselves() -> None:
     install_kapacitor_shim()
     from kapacitor.udf.agent import Agent, Server

@@ -68,6 +68,10 @@ class Context:
     #: Thread-safe and blocking, for threads of the handler's own: wait while the
     #: connection's output is above its high-water mark (a peer that stops reading).
     wait_writable: Callable[[], None] = _no_flush
+    #: Adapters only, on the thread of the current callback: queue one encoded
+    #: point frame (``wire.point_frame`` bytes) right after the output queued so
+    #: far. Set for stream-providing handlers; None where output must be returned.
+    emit_point_frame: Callable[[bytes], None] | None = None
 
 
 CALLBACKS = ("init", "point", "begin_batch", "end_batch", "flush", "snapshot", "restore", "close")

@@ -74,14 +74,14 @@ class AvgHandler(Handler):
         if window is None:
             window = self._windows[point.group] = deque(maxlen=self._size)
         window.append(point.fieldsDouble[self._field])
+        # start from a copy of the input so name, tags and group carry over,
+        # then keep only the average as a field
         response = udf_pb2.Response()
-        response.point.name = point.name
-        response.point.time = point.time
-        response.point.group = point.group
-        response.point.byName = point.byName
-        response.point.dimensions.extend(point.dimensions)
-        for key, value in point.tags.items():
-            response.point.tags[key] = value
+        response.point.CopyFrom(point)
+        response.point.ClearField("fieldsDouble")
+        response.point.ClearField("fieldsInt")
+        response.point.ClearField("fieldsString")
+        response.point.ClearField("fieldsBool")
         response.point.fieldsDouble[self._as] = sum(window) / len(window)
         self._agent.write_response(response)
 

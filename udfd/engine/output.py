@@ -90,6 +90,11 @@ class OutputBuffer:
         for item in items:
             self._add_one(item)
 
+    def add_stream_frame(self, frame: bytes) -> None:
+        """Queue one encoded point of a stream-providing handler (adapters' hot path)."""
+        self.frames.append(frame)
+        self.points += 1
+
     def _add_encoded(self, items: Encoded) -> None:
         frames = self.frames
         for item in items:

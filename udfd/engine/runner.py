@@ -613,6 +613,7 @@ class Runner:
             self.log,
             self._request_flush,
             self._wait_writable,
+            None if self.out.provides_batch else self.out.add_stream_frame,
         )
         try:
             handler = await self._call(spec.cls, options, context)

@@ -110,17 +110,6 @@ def point_frame(point: pb.Point) -> bytes:
     return encode_varint(len(inner)) + inner
 
 
-def point_response_frame(body: bytes) -> bytes | None:
-    """The frame for a serialized ``Response``, if it holds a point (else None).
-
-    Every ``Response{point}`` serializes as the point tag first (a oneof holds one
-    message), so two bytes tell, without a parse.
-    """
-    if body[:2] != _POINT_TAG:
-        return None
-    return encode_frame(body)
-
-
 def response_frame(response: pb.Response) -> bytes:
     """A framed ``Response``; refuses an empty one (it crashes kapacitord)."""
     if response.WhichOneof("message") is None:

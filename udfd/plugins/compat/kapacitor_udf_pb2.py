@@ -16,11 +16,14 @@ would stop the task).
 
 A proxy on every ``Response`` would cost more than the rest of a point's path
 (every ``response.point`` and ``CopyFrom`` through Python), and only a snapshot
-can need it. So calling these names builds the *real* message, except on a
-thread inside :func:`tolerant_snapshots` (the adapter enters it around the
-handler's ``snapshot()``), where it builds the proxy. Either way
-``isinstance(x, udf_pb2.Response)`` holds and class attributes (``DESCRIPTOR``,
-``FromString``) are the real class's.
+can need it. So these names are the real classes, except while some thread is
+inside :func:`tolerant_snapshots` (the adapter enters it around the handler's
+``snapshot()``, about once a minute per task): then they are the tolerant
+proxies. A thread that builds a Response meanwhile gets a proxy too, which
+works the same, only slower. Either way ``isinstance(x, udf_pb2.Response)``
+holds and class attributes (``DESCRIPTOR``, ``FromString``) are the real
+class's. A handler that imported the class itself (``from ... import
+Response``) keeps the real one and gets no tolerance.
 """
 
 from __future__ import annotations
@@ -87,37 +90,7 @@ class _ProxyMeta(type):
         return getattr(cls._wrapped, name)
 
 
-class _FactoryMeta(_ProxyMeta):
-    """Calling the class builds the real message, or the proxy inside ``tolerant_snapshots``."""
-
-    _real: type[Message] | None = None
-
-    def __call__(cls, *args: Any, **kwargs: Any) -> Any:
-        real = cls._real
-        if real is None or _tolerance.on:
-            return super().__call__(*args, **kwargs)
-        return real(*args, **kwargs)
-
-
-class _Tolerance(threading.local):
-    on = False
-
-
-_tolerance = _Tolerance()
-
-
-@contextlib.contextmanager
-def tolerant_snapshots() -> Iterator[None]:
-    """On this thread, ``Response()``/``SnapshotResponse()`` accept a str snapshot."""
-    before = _tolerance.on
-    _tolerance.on = True
-    try:
-        yield
-    finally:
-        _tolerance.on = before
-
-
-class _Proxy(metaclass=_FactoryMeta):
+class _Proxy(metaclass=_ProxyMeta):
     """A real message plus the list of coercions applied while legacy code filled it."""
 
     __slots__ = ("_udfd_message", "_udfd_notes")
@@ -190,12 +163,11 @@ class _Proxy(metaclass=_FactoryMeta):
         return dir(self._udfd_message)
 
 
-class SnapshotResponse(_Proxy):
+class TolerantSnapshotResponse(_Proxy):
     """``SnapshotResponse`` whose ``snapshot`` also accepts a str (encoded as UTF-8)."""
 
     __slots__ = ()
     _wrapped = _pb.SnapshotResponse
-    _real = _pb.SnapshotResponse
 
     @staticmethod
     def _coerce(name: str, value: Any, notes: list[str]) -> Any:
@@ -205,13 +177,34 @@ class SnapshotResponse(_Proxy):
         return _Proxy._coerce(name, value, notes)
 
 
-class Response(_Proxy):
+class TolerantResponse(_Proxy):
     """``Response`` whose ``snapshot`` sub-message tolerates a str snapshot."""
 
     __slots__ = ()
     _wrapped = _pb.Response
-    _real = _pb.Response
-    _views: ClassVar[dict[str, type[_Proxy]]] = {"snapshot": SnapshotResponse}
+    _views: ClassVar[dict[str, type[_Proxy]]] = {"snapshot": TolerantSnapshotResponse}
+
+
+Response: Any = _pb.Response
+SnapshotResponse: Any = _pb.SnapshotResponse
+_swap_lock = threading.Lock()
+_inside = 0
+
+
+@contextlib.contextmanager
+def tolerant_snapshots() -> Iterator[None]:
+    """While any thread is inside, ``Response``/``SnapshotResponse`` accept a str snapshot."""
+    global _inside, Response, SnapshotResponse
+    with _swap_lock:
+        _inside += 1
+        Response, SnapshotResponse = TolerantResponse, TolerantSnapshotResponse
+    try:
+        yield
+    finally:
+        with _swap_lock:
+            _inside -= 1
+            if not _inside:
+                Response, SnapshotResponse = _pb.Response, _pb.SnapshotResponse
 
 
 def unwrap(obj: Any) -> Any:
