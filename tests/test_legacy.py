@@ -43,6 +43,7 @@ from udfd.plugins.legacy import (
     load_legacy,
     load_legacy_file,
 )
+from udfd.protocol import wire
 from udfd.protocol.client import connect
 from udfd.protocol.framing import FrameDecoder
 from udfd.protocol.proto import udf_pb2 as pb
@@ -362,6 +363,45 @@ async def test_batch_handler_frames_its_output() -> None:
             tmax,
             {"host": f"h{n}"},
         )
+
+
+@pytest.mark.anyio
+async def test_a_reused_response_is_sent_as_it_was_when_written() -> None:
+    adapter = load("reuse.py", "ReusingHandler")
+    sent = [point("cpu", i, float(i)) for i in range(1, 4)]
+    async with serve_handler(adapter, name="reuse") as site, connect(site.path) as client:
+        assert (await client.init()).success
+        await client.send_points(sent)
+        out = await client.wait_output(2 * len(sent))
+        await client.finish()
+    assert client.errors == []
+    assert [(p.name, p.time, p.fieldsDouble["copy"]) for p in out] == [  # type: ignore[union-attr]
+        ("cpu", t, c) for t in (1, 2, 3) for c in (1.0, 2.0)
+    ]
+
+
+@pytest.mark.anyio
+async def test_output_written_in_init_follows_the_init_response() -> None:
+    adapter = load("reuse.py", "GreetingHandler")
+    async with serve_handler(adapter, name="greet") as site:
+        stream = await anyio.connect_unix(site.path)
+        async with stream:
+            init = pb.Request(init=pb.InitRequest(taskID="t", nodeID="n"))
+            await stream.send(
+                wire.request_frame(init) + wire.point_request_frame(point("cpu", 1, 1.0))
+            )
+            await stream.send_eof()
+            decoder, kinds = FrameDecoder(), []
+            while True:
+                try:
+                    data = await stream.receive()
+                except anyio.EndOfStream:
+                    break
+                for frame in decoder.feed(data):
+                    response = pb.Response.FromString(frame)
+                    kind = response.WhichOneof("message")
+                    kinds.append(response.point.name if kind == "point" else kind)
+    assert kinds == ["init", "hello", "cpu"]
 
 
 @pytest.mark.anyio

@@ -83,14 +83,21 @@ class Window:
         values = self.values
         if len(values) == values.maxlen:
             old = values[0]
-            if type(old) is int or old - old == 0.0:  # finite
-                numerator, k = _ratio(old)
-                self.total -= numerator << (self.scale - k)
+            # _ratio inlined, here and below: two calls less per point
+            if type(old) is int:
+                self.total -= old << self.scale
+            elif old - old == 0.0:  # finite
+                numerator, denominator = old.as_integer_ratio()
+                self.total -= numerator << (self.scale + 1 - denominator.bit_length())
             else:
                 self._count(old, -1)
         values.append(value)
         if type(value) is int or value - value == 0.0:
-            numerator, k = _ratio(value)
+            if type(value) is int:
+                numerator, k = value, 0
+            else:
+                numerator, denominator = value.as_integer_ratio()
+                k = denominator.bit_length() - 1
             scale = self.scale
             if k > scale:
                 self.total <<= k - scale
