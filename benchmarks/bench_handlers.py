@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import anyio
-from driver import OptionValue, Run, batch_frames, drive, pct, stream_frames
+from driver import OptionValue, Run, batch_frames, drive, stream_frames
 
 from udfd.testing import DaemonProcess
 
@@ -95,8 +95,7 @@ def run_kdrive(kdrive: str, socket: Path, case: Case, points: int, every: int) -
         points_in=result["points_sent"],
         points_out=result["points_received"],
         seconds=result["wall_s"],
-        # kdrive reports percentiles only: p50 and p99 stand for the distribution
-        keepalive_ms=[ka["p50_us"] / 1e3, ka["p99_us"] / 1e3],
+        reported_ms={50: ka["p50_us"] / 1e3, 99: ka["p99_us"] / 1e3},
         max_gap_ms=result["max_response_gap_ms"],
     )
 
@@ -162,8 +161,8 @@ def main() -> None:
             ceiling = ceiling or run.rate
             row = (
                 f"{case.name:<19}{run.rate:>11,.0f}{run.rate / ceiling:>10.0%}"
-                f"{run.points_out:>8}{pct(run.keepalive_ms, 50):>10.2f}"
-                f"{pct(run.keepalive_ms, 99):>10.2f}{run.max_gap_ms:>8.1f}"
+                f"{run.points_out:>8}{run.keepalive_pct(50):>10.2f}"
+                f"{run.keepalive_pct(99):>10.2f}{run.max_gap_ms:>8.1f}"
             )
             print(f"{row}  {case.note}", flush=True)
     finally:

@@ -36,6 +36,13 @@ class Run:
     keepalive_ms: list[float] = field(default_factory=list)
     max_gap_ms: float = 0.0
     error: str = ""
+    #: percentiles reported by another driver (kdrive), which gives no samples
+    reported_ms: dict[int, float] = field(default_factory=dict)
+
+    def keepalive_pct(self, q: int) -> float:
+        if q in self.reported_ms:
+            return self.reported_ms[q]
+        return pct(self.keepalive_ms, q)
 
     @property
     def rate(self) -> float:

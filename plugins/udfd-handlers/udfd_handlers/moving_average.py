@@ -66,7 +66,7 @@ def _ratio(value: int | float) -> tuple[int, int]:
 class Window:
     """The last ``size`` values of one group and their exact sum, in units of 2**-scale."""
 
-    __slots__ = ("nan", "neg_inf", "pos_inf", "pushes", "scale", "total", "values")
+    __slots__ = ("nan", "neg_inf", "pos_inf", "pushes", "scale", "special", "total", "values")
 
     def __init__(self, size: int, values: list[int | float] | None = None) -> None:
         self.values: deque[int | float] = deque(maxlen=size)
@@ -76,6 +76,8 @@ class Window:
         self.nan = 0
         self.pos_inf = 0
         self.neg_inf = 0
+        #: non-finite values in the window (nan + pos_inf + neg_inf)
+        self.special = 0
         for value in values or ():
             self.push(value)
 
@@ -111,6 +113,7 @@ class Window:
                 self._rescale()
 
     def _count(self, value: float, sign: int) -> None:
+        self.special += sign
         if value != value:
             self.nan += sign
         elif value > 0:
@@ -163,10 +166,15 @@ class MovingAverage(Handler[MovingAverageOptions]):
         value = doubles[name] if name in doubles else number(point, name)
         window = self.windows[point.group]
         window.push(value)
-        if self._full_only and not window.full:
+        values = window.values
+        if self._full_only and len(values) != values.maxlen:
             return None
+        # Window.mean, inlined for the common case of a window of finite values
+        mean = (
+            window.mean() if window.special else window.total / (len(values) << window.scale)
+        )
         # the input is not kept: it becomes the output, with only the average
-        return replace_fields(point, {self._as: window.mean()})
+        return replace_fields(point, {self._as: mean})
 
 
 def _dump(window: Window) -> list[int | float]:
