@@ -128,3 +128,17 @@ def test_truncated_prefix_waits_for_more() -> None:
 
 def test_empty_frames_are_frames() -> None:
     assert split_frames(b"\x00\x00\x01a") == [b"", b"", b"a"]
+
+
+def test_the_decoder_points_at_the_frames_that_are_not_data() -> None:
+    # the reader answers keepalives from these positions without a second look at each point
+    point = b"\x8a\x01\x02\x08\x01"  # Request{point}: data (first byte 0x8a)
+    keepalive = b"\x1a\x02\x08\x05"
+    frames = [point, keepalive, point, point, b"", b"\x0a\x00", point]
+    stream = b"".join(encode_frame(f) for f in frames)
+    decoder = FrameDecoder()
+    assert decoder.feed(stream[:9]) == [point] and decoder.control == []
+    rest = decoder.feed(stream[9:])
+    assert rest == frames[1:]
+    assert decoder.control == [0, 3, 4]  # keepalive, empty, Info: positions in this feed
+    assert decoder.feed(b"") == [] and decoder.control == []

@@ -179,52 +179,64 @@ class Connection:
                     except FrameError as exc:
                         # what arrived intact before the bad bytes is still handled
                         if exc.frames:
-                            await self._answer_inline(exc.frames, send)
+                            control = [i for i, f in enumerate(exc.frames) if not f or f[0] < 0x80]
+                            await self._answer_inline(exc.frames, control, send)
                         raise
-                    await self._answer_inline(chunk, send)
+                    if decoder.control:
+                        await self._answer_inline(chunk, decoder.control, send)
+                    elif chunk:
+                        await send.send(chunk)  # data only: nothing to answer here
             except ProtocolError as exc:
                 stats.protocol_errors += 1
                 self._runner.log.warning("protocol error from Kapacitor: %s", exc)
                 await send.send(exc)
 
     async def _answer_inline(
-        self, chunk: list[bytes], send: MemoryObjectSendStream[list[bytes] | ProtocolError]
+        self,
+        chunk: list[bytes],
+        control: list[int],
+        send: MemoryObjectSendStream[list[bytes] | ProtocolError],
     ) -> None:
         """Answer Info and keepalives at once (never behind handler work); queue the rest.
 
-        A frame that cannot be answered here (an Info before any Info is known, a
-        keepalive that does not decode) stays in place, so the runner handles or
-        fails on it in stream order. Answers count against the writer's
-        high-water mark frame by frame: one read of tiny requests from a peer
-        that never reads must not queue thousands of answers. When the writer
-        is full, the frames before the one just answered go to the runner and
-        the reader waits.
+        ``control`` lists where the frames that are not data sit in ``chunk`` (the
+        decoder found them); only those are looked at. A frame that cannot be
+        answered here (an Info before any Info is known, a keepalive that does not
+        decode) stays in place, so the runner handles or fails on it in stream
+        order. Answers count against the writer's high-water mark frame by frame:
+        one read of tiny requests from a peer that never reads must not queue
+        thousands of answers. When the writer is full, the frames before the one
+        just answered go to the runner and the reader waits.
         """
         rest: list[bytes] = []
-        keep = rest.append
         writer = self._writer
         stats = self._stats
-        for frame in chunk:
+        done = 0  # chunk[:done] is in rest or answered
+        for i in control:
+            frame = chunk[i]
             first = frame[0] if frame else 0
             if first == wire.TAG_KEEPALIVE:
                 try:
                     answer = wire.keepalive_frame(wire.keepalive_time(frame))
                 except ProtocolError:
-                    keep(frame)
-                    continue
+                    continue  # stays in place, for the runner
                 writer.put_urgent(answer)
                 stats.keepalives += 1
             elif first == wire.TAG_INFO and self._info_frame is not None:
                 writer.put(self._info_frame)
             else:
-                keep(frame)
                 continue
+            rest.extend(chunk[done:i])
+            done = i + 1
             if writer.full:
                 if rest:
                     await send.send(rest)
                     rest = []
-                    keep = rest.append
                 await writer.wait_writable()
+        if done == 0:
+            rest = chunk  # nothing answered: the chunk goes as it is
+        else:
+            rest.extend(chunk[done:])
         if rest:
             await send.send(rest)
 

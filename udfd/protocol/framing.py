@@ -58,13 +58,18 @@ class FrameDecoder:
     for (and buffering) that many bytes.
     """
 
-    __slots__ = ("_buffer", "_max")
+    __slots__ = ("_buffer", "_max", "control")
 
     def __init__(self, max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE) -> None:
         if max_message_size <= 0:
             raise ValueError("max_message_size must be positive")
         self._max = max_message_size
         self._buffer = b""
+        #: positions, in what the last :meth:`feed` returned, of the frames that are not
+        #: data (whose first byte is below 0x80: Info, keepalive, Init...). The reader
+        #: answers Info and keepalives at once, and finds them here instead of looking
+        #: at every point a second time.
+        self.control: list[int] = []
 
     @property
     def max_message_size(self) -> int:
@@ -90,6 +95,7 @@ class FrameDecoder:
         buf = self._buffer + data if self._buffer else bytes(data)
         frames: list[bytes] = []
         append = frames.append
+        self.control = control = []
         end = len(buf)
         pos = 0
         limit = self._max
@@ -114,6 +120,8 @@ class FrameDecoder:
             stop = start + size
             if stop > end:
                 break
+            if not size or buf[start] < 0x80:
+                control.append(len(frames))
             append(buf[start:stop])
             pos = stop
         self._buffer = buf[pos:] if pos < end else b""

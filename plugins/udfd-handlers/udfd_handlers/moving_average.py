@@ -170,9 +170,7 @@ class MovingAverage(Handler[MovingAverageOptions]):
         if self._full_only and len(values) != values.maxlen:
             return None
         # Window.mean, inlined for the common case of a window of finite values
-        mean = (
-            window.mean() if window.special else window.total / (len(values) << window.scale)
-        )
+        mean = window.mean() if window.special else window.total / (len(values) << window.scale)
         # the input is not kept: it becomes the output, with only the average
         return replace_fields(point, {self._as: mean})
 
