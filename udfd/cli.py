@@ -53,6 +53,7 @@ examples:
   udfd kapacitor-conf --config ...    the [udf.functions.*] sections for kapacitor.conf
   udfd check                          exit 0 when every socket answers Info (HEALTHCHECK)
   udfd list                           installed handlers, their options and edges
+  udfd systemd-units --config FILE -o DIR   udfd.service and a socket unit per function
 """
 
 
@@ -122,6 +123,20 @@ def build_parser() -> argparse.ArgumentParser:
         description="Prints kapacitor.conf sections derived from the udfd config.",
     )
     _add_config(conf)
+
+    units = sub.add_parser(
+        "systemd-units",
+        help="write udfd.service and a socket unit per configured function",
+        description=(
+            "Writes a hardened udfd.service (Type=notify, watchdog, dedicated user) and "
+            "udfd-NAME.socket for every configured function into DIR, ExecStart pointing "
+            "at this udfd and --config at FILE. Install them in /etc/systemd/system."
+        ),
+    )
+    _add_config(units)
+    units.add_argument(
+        "--output", "-o", type=Path, default=Path("."), metavar="DIR", help="default: ."
+    )
     return parser
 
 
@@ -323,12 +338,35 @@ def cmd_kapacitor_conf(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_systemd_units(args: argparse.Namespace) -> int:
+    from udfd.config.units import PACKAGED_CONFIG, render_units
+    from udfd.plugins.loader import discover
+
+    config = _load(args)
+    udfd = Path(sys.argv[0]).resolve() if Path(sys.argv[0]).name == "udfd" else None
+    if udfd is None:  # `python -m udfd`: the script next to this interpreter
+        udfd = Path(sys.executable).parent / "udfd"
+    config_path = args.config.resolve() if args.config is not None else PACKAGED_CONFIG
+    units = render_units(
+        config,
+        discover(autoload=not config.disable_plugin_autoload),
+        udfd=udfd,
+        config_path=config_path,
+    )
+    args.output.mkdir(parents=True, exist_ok=True)
+    for name, text in units.items():
+        (args.output / name).write_text(text)
+        print(args.output / name)
+    return EXIT_OK
+
+
 COMMANDS = {
     "serve": cmd_serve,
     "list": cmd_list,
     "check": cmd_check,
     "kapacitor-conf": cmd_kapacitor_conf,
     "reload": cmd_reload,
+    "systemd-units": cmd_systemd_units,
 }
 
 

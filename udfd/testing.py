@@ -15,7 +15,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import AsyncIterator, Iterable, Mapping
+from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -96,8 +96,11 @@ class DaemonProcess:
         config: str,
         env: Mapping[str, str] | None = None,
         python: str | None = None,
+        launcher: Sequence[str] = (),
     ) -> None:
-        """``python``: the interpreter to run udfd with (default: this one)."""
+        """``python``: the interpreter to run udfd with (default: this one);
+        ``launcher``: a command that runs udfd's command line, such as
+        ``systemd-socket-activate -l PATH`` (it must exec it, so the pid stays)."""
         self.dir = workdir
         self.sockets = workdir / "s"
         self.config = workdir / "udfd.toml"
@@ -109,7 +112,15 @@ class DaemonProcess:
         full_env = {k: v for k, v in os.environ.items() if not k.upper().startswith("UDFD_")}
         full_env.update({"PYTHONUNBUFFERED": "1", **(env or {})})
         self.proc = subprocess.Popen(
-            [python or sys.executable, "-m", "udfd", "serve", "--config", str(self.config)],
+            [
+                *launcher,
+                python or sys.executable,
+                "-m",
+                "udfd",
+                "serve",
+                "--config",
+                str(self.config),
+            ],
             stdin=subprocess.DEVNULL,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,

@@ -30,6 +30,7 @@ import signal
 import socket
 import time
 from dataclasses import dataclass, field, fields
+from pathlib import Path
 from typing import Any
 
 import anyio
@@ -43,7 +44,7 @@ from udfd.errors import ConfigError, StartupError
 from udfd.plugins.fallback import InfoStore
 from udfd.plugins.loader import discover
 from udfd.protocol.proto import udf_pb2 as pb
-from udfd.serve import systemd
+from udfd.serve import activation, systemd
 from udfd.serve.channel import Channel, ChannelClosed
 from udfd.serve.channel import pair as channel_pair
 from udfd.serve.holding import HeldConnection
@@ -95,6 +96,8 @@ class FunctionState:
     #: the accept loop's scope (made on the event loop); None: not accepting yet
     accept_scope: anyio.CancelScope | None = None
     closed: bool = False
+    #: the socket came from systemd (socket activation): its file is systemd's
+    activated: bool = False
 
     @property
     def name(self) -> str:
@@ -177,15 +180,24 @@ class Supervisor:
         resolved = resolve_functions(config, discover(autoload=not config.disable_plugin_autoload))
         if not resolved:
             log.warning("no functions to serve: no handlers are installed or configured")
+        passed = activation.take_passed_sockets()
         bound: list[FunctionState] = []
         try:
             for fn in resolved:
-                bound.append(self._bind(fn))
+                given = activation.match(passed, fn.name, fn.socket)
+                bound.append(self._bind(fn) if given is None else self._adopt(fn, given))
         except StartupError:
             for fs in bound:
                 fs.sock.close()
                 remove_socket_file(fs.function.socket, fs.inode)
             raise
+        for extra in passed:
+            log.warning(
+                "systemd passed socket %r (%s), which matches no configured function; ignored",
+                extra.name,
+                extra.path or "unbound",
+            )
+            extra.sock.close()
         for fs in bound:
             fs.info = self._store.get(fs.name)
             self.functions[fs.name] = fs
@@ -194,6 +206,20 @@ class Supervisor:
         import udfd.serve.worker  # noqa: F401 - the spawner shares these pages with every worker
 
         self._spawner = Spawner.start(fs.sock for fs in bound)
+
+    def _adopt(self, fn: Function, given: activation.PassedSocket) -> FunctionState:
+        """A socket systemd bound: used as it is, and never removed (systemd owns the file)."""
+        if given.path and Path(given.path) != fn.socket:
+            log.warning(
+                "%s: systemd passed a socket bound to %s, but the config puts it at %s; "
+                "Kapacitor must use %s",
+                fn.name,
+                given.path,
+                fn.socket,
+                given.path,
+            )
+        log.info("%s: using the socket systemd passed (%s)", fn.name, given.path or given.name)
+        return FunctionState(fn, given.sock, None, activated=True)
 
     def _bind(self, fn: Function) -> FunctionState:
         sock = bind_unix(fn.socket, mode=fn.socket_mode, group=fn.socket_group)
@@ -245,6 +271,9 @@ class Supervisor:
                     await self._report_ready()
                 task_status.started(self)
                 tg.start_soon(self._publish_periodically)
+                interval = systemd.watchdog_interval()
+                if interval is not None:
+                    tg.start_soon(self._ping_watchdog, interval)
                 await self._stop.wait()
                 await self._shutdown()
                 tg.cancel_scope.cancel()
@@ -261,6 +290,13 @@ class Supervisor:
                 self._spawner_channel.close()
             await self._reap_spawner()
         log.info("stopped")
+
+    async def _ping_watchdog(self, interval: float) -> None:
+        """``WATCHDOG=1`` from the event loop itself: a loop that hangs stops the pings,
+        and systemd restarts udfd (``WatchdogSec=``)."""
+        while True:
+            systemd.notify("WATCHDOG=1")
+            await anyio.sleep(interval)
 
     async def _shutdown(self) -> None:
         grace = self.config.shutdown_grace.total_seconds()
