@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import threading
 from collections.abc import Iterable
 from datetime import timedelta
@@ -112,6 +113,10 @@ class BadOutput(udfd.Handler[udfd.NoOptions]):
             return "not a point"
         if kind == "response":
             return pb.Response(info=pb.InfoResponse())
+        if kind == "dict":
+            return {"value": 1.0}
+        if kind == "list-of-dict":
+            return [point, {"value": 1.0}]
         return point
 
 
@@ -485,21 +490,47 @@ async def test_one_failing_connection_leaves_the_others_running() -> None:
             assert good.errors == []
 
 
+async def test_framing_violations_end_the_connection_even_under_drop() -> None:
+    async with serve_handler(BadOutput, error_policy="drop") as site, connect(site.path) as client:
+        await started(client)
+        await client.send_points([udfd.make_point("cpu", 1, {"kind": "begin"})])
+        error = await client.wait_error()
+    assert "invalid handler output" in error
+    assert "BeginBatch from a handler that provides a stream" in error
+    assert client.output == []
+
+
 @pytest.mark.parametrize(
     ("kind", "expected"),
     [
-        ("begin", "BeginBatch from a handler that provides a stream"),
-        ("str", "handler returned str"),
-        ("response", "handler returned Response"),
+        ("dict", "point() returned a dict; return a Point, a list of messages or None"),
+        ("str", "point() returned a str; return a Point"),
+        ("response", "point() returned a Response; return a Point"),
+        ("list-of-dict", "point() returned a list containing a dict; return a Point"),
     ],
 )
-async def test_stream_output_violations_are_handler_errors(kind: str, expected: str) -> None:
-    async with serve_handler(BadOutput, error_policy="drop") as site, connect(site.path) as client:
+async def test_output_that_is_no_message_says_what_it_was(kind: str, expected: str) -> None:
+    async with serve_handler(BadOutput) as site, connect(site.path) as client:
         await started(client)
         await client.send_points([udfd.make_point("cpu", 1, {"kind": kind})])
         error = await client.wait_error()
     assert "invalid handler output" in error and expected in error
     assert client.output == []
+
+
+@pytest.mark.parametrize("kind", ["dict", "str", "response", "list-of-dict"])
+async def test_output_that_is_no_message_is_dropped_under_drop(
+    kind: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    good = [udfd.make_point("cpu", t, {"kind": "ok"}) for t in (1, 3)]
+    bad = udfd.make_point("cpu", 2, {"kind": kind})
+    async with serve_handler(BadOutput, error_policy="drop") as site, connect(site.path) as client:
+        await started(client)
+        await client.send_points([good[0], bad, good[1]])
+        out = await client.finish()
+    assert client.errors == [] and out == good  # nothing of the bad output, the rest intact
+    assert site.stats.dropped == 1
+    assert any("point() returned" in r.getMessage() for r in caplog.records)
 
 
 @pytest.mark.parametrize(
@@ -816,3 +847,17 @@ async def test_a_dropped_end_batch_failure_does_not_break_the_next_batch() -> No
     assert out[0].name == "good"
     assert out[0].size == 3
     assert site.stats.dropped == 1
+
+
+async def test_an_undecodable_point_ends_the_connection_and_is_logged(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # Kapacitor is told, and so is udfd's own log: no error ends a connection silently
+    body = b"\x8a\x01\x04\xff\xff\xff\xff"  # Request{point} whose point is not protobuf
+    async with serve_handler(BadOutput) as site, connect(site.path) as client:
+        await started(client)
+        await client.send_raw(bytes([len(body)]) + body)
+        error = await client.wait_error()
+    assert "protocol error" in error
+    logged = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+    assert any("protocol error" in m and "corrupt" in m for m in logged), logged

@@ -38,6 +38,14 @@ class OutputError(UdfdError):
     """A handler produced output the protocol forbids (a handler bug)."""
 
 
+class OutputTypeError(OutputError):
+    """A callback returned something that is not a message at all (a dict, a str...).
+
+    Unlike a framing violation it can be dropped without corrupting what is sent,
+    so the ``drop`` error policy drops it; the message says what came back.
+    """
+
+
 class PointError(UdfdError):
     """A data problem the handler anticipates: the point is logged, counted and dropped.
 

@@ -251,6 +251,8 @@ class Connection:
         except Fatal as exc:
             if exc.protocol_error:
                 self._stats.protocol_errors += 1
+            if not exc.logged:
+                runner.log.error("ending the connection: %s", exc)
             self._fail(str(exc))
         except Exception as exc:
             # a udfd bug: still tell Kapacitor, and keep it to this connection

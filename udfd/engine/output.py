@@ -12,10 +12,10 @@ never ends (a handler failure, end of input) is never half-sent.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from typing import Any, cast
 
-from udfd.errors import OutputError
+from udfd.errors import OutputError, OutputTypeError
 from udfd.protocol import wire
 from udfd.protocol.proto import udf_pb2 as pb
 
@@ -23,6 +23,15 @@ _Point = pb.Point
 _BeginBatch = pb.BeginBatch
 _EndBatch = pb.EndBatch
 _MESSAGES = (pb.Point, pb.BeginBatch, pb.EndBatch)
+_EXPECTED = "return a Point, a list of messages or None"
+
+
+def _what(value: object) -> str:
+    """``a dict``, ``a Response``...: the type as a sentence names it."""
+    if isinstance(value, Mapping):
+        return "a dict"
+    name = type(value).__name__
+    return f"an {name}" if name[:1].lower() in "aeiou" else f"a {name}"
 
 
 class Encoded(list[bytes | pb.BeginBatch | pb.EndBatch]):
@@ -76,17 +85,16 @@ class OutputBuffer:
         if isinstance(result, _MESSAGES):
             self._add_one(result)
             return
-        if isinstance(result, (str, bytes, pb.Response, pb.Request)) or not isinstance(
+        if isinstance(result, (str, bytes, pb.Response, pb.Request, Mapping)) or not isinstance(
             result, Iterable
         ):
-            raise OutputError(
-                f"handler returned {type(result).__name__}; expected None, a Point, "
-                "BeginBatch or EndBatch, or an iterable of them"
-            )
+            raise OutputTypeError(f"returned {_what(result)}; {_EXPECTED}")
         items = result if isinstance(result, (list, tuple)) else list(result)
         for item in items:
             if not isinstance(item, _MESSAGES):
-                raise OutputError(f"handler output contains a {type(item).__name__}")
+                raise OutputTypeError(
+                    f"returned a {type(result).__name__} containing {_what(item)}; {_EXPECTED}"
+                )
         for item in items:
             self._add_one(item)
 

@@ -33,6 +33,7 @@ from udfd.engine.stats import Stats, Tally
 from udfd.errors import (
     InitFailed,
     OutputError,
+    OutputTypeError,
     PointError,
     ProtocolError,
     RestoreFailed,
@@ -60,6 +61,8 @@ HANDLER_FAILURES: tuple[type[BaseException], ...] = (
     KeyboardInterrupt,
     GeneratorExit,
 )
+#: the callback behind a data frame, as an error message names it
+_CALLBACKS = {wire.POINT: "point", wire.BEGIN: "begin_batch", wire.END: "end_batch"}
 #: how long a handler's ``close`` may take after an abnormal end
 CLOSE_TIMEOUT = 2.0
 #: the handler thread hands output to the writer at least this often (seconds) ...
@@ -126,14 +129,18 @@ class HandlerLoop:
 class Fatal(Exception):
     """Ends the connection after an ErrorResponse carrying ``str(self)``."""
 
-    def __init__(self, message: str, *, protocol_error: bool = False) -> None:
+    def __init__(self, message: str, *, protocol_error: bool = False, logged: bool = False) -> None:
         super().__init__(message)
         #: count it as a protocol error (the peer's fault, not the handler's)
         self.protocol_error = protocol_error
+        #: udfd's log has it already (with the handler's traceback); else the
+        #: connection logs it as it ends, so no error that ends one goes unlogged
+        self.logged = logged
 
 
 def protocol_fatal(exc: ProtocolError | DecodeError, *, counted: bool = False) -> Fatal:
-    return Fatal(f"udfd: protocol error: {exc}", protocol_error=not counted)
+    # counted: the reader counted and logged it already
+    return Fatal(f"udfd: protocol error: {exc}", protocol_error=not counted, logged=counted)
 
 
 class _RateLimitedLog:
@@ -365,6 +372,8 @@ class Runner:
                         add(result)
                     else:
                         add(self._batch_edge(handler, kind, msg))
+                except OutputTypeError as exc:
+                    self._bad_output(exc, _CALLBACKS.get(kind, "the handler"), msg)
                 except (ProtocolError, OutputError, Fatal):
                     raise
                 except HANDLER_FAILURES as exc:
@@ -408,6 +417,8 @@ class Runner:
                 self.out.add(result)
             except ProtocolError as exc:
                 raise protocol_fatal(exc) from None
+            except OutputTypeError as exc:
+                self._bad_output(exc, _CALLBACKS.get(kind, "the handler"), msg)
             except OutputError as exc:
                 raise Fatal(f"{self._function}: invalid handler output: {exc}") from None
             except Fatal:
@@ -448,7 +459,7 @@ class Runner:
         self.tally.handler_errors += 1
         if isinstance(exc, TaskError):
             self.log.error("handler stopped the task on %s (%s): %s", what, context, exc)
-            raise Fatal(str(exc))
+            raise Fatal(str(exc), logged=True)
         text = f"{type(exc).__name__}: {exc}"
         if self._policy is ErrorPolicy.DROP and isinstance(exc, Exception):
             if kind == wire.END:
@@ -467,12 +478,33 @@ class Runner:
             )
             return
         self.log.error("handler failed on %s (%s): %s", what, context, text, exc_info=exc)
-        raise Fatal(f"{self._function}: {text}")
+        raise Fatal(f"{self._function}: {text}", logged=True)
+
+    def _bad_output(self, exc: OutputTypeError, callback: str, msg: object) -> None:
+        """Output that is not a message: dropped and counted under ``drop``, else fatal.
+
+        Nothing of it was queued (``OutputBuffer.add`` checks everything first), so
+        dropping it cannot break the framing of what is sent.
+        """
+        group = getattr(msg, "group", "")
+        context = f"task={self._task_id or '?'} node={self._node_id or '?'} group={group!r}"
+        text = f"{callback}() {exc}"
+        self.tally.handler_errors += 1
+        if self._policy is ErrorPolicy.DROP:
+            self.tally.dropped += 1
+            self._stats.last_error = text
+            self._stats.last_error_time = time.time()
+            self._drop_log(logging.ERROR, "invalid output (%s), dropped: %s", context, text)
+            return
+        self.log.error("invalid output (%s): %s", context, text)
+        raise Fatal(f"{self._function}: invalid handler output: {text}", logged=True)
 
     async def call_for_output(self, fn: Callable[[], Any]) -> None:
         """Run a callback whose result is output, honouring async/threaded and the policy."""
         try:
             self.out.add(await self._off_loop(self._call(fn)))
+        except OutputTypeError as exc:
+            self._bad_output(exc, getattr(fn, "__name__", "the handler"), None)
         except OutputError as exc:
             raise Fatal(f"{self._function}: invalid handler output: {exc}") from None
         except Fatal:
