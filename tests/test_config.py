@@ -537,9 +537,16 @@ def test_health_address(tmp_path: Path) -> None:
     assert health("") is None
     assert health("h.sock") == Path("/tmp/udfd-test/h.sock")
     assert health("/run/h.sock") == Path("/run/h.sock")
-    assert load_config(write(tmp_path, MINIMAL), env={}).health_address() == Path(
-        "/tmp/udfd-test/udfd-health.sock"
-    )
+    assert load_config(write(tmp_path, MINIMAL), env={}).health_address() is None
+
+
+def test_a_long_socket_dir_is_not_rejected_for_a_health_socket_nobody_asked_for(
+    tmp_path: Path,
+) -> None:
+    long_dir = "/tmp/" + "d" * 85  # 91 bytes: a reserved udfd-health.sock would not fit
+    text = f'socket_dir = "{long_dir}"\n[functions.a]\nhandler = "state_change"\n'
+    config = load_config(write(tmp_path, text), env={})
+    assert config.health_address() is None
 
 
 def test_state_file_location(tmp_path: Path) -> None:

@@ -87,7 +87,9 @@ CONFIG_ENV = "UDFD_CONFIG"
 #: UDFD_* variables that are not settings (lower case, without the prefix)
 _NOT_SETTINGS = frozenset({"config"})
 STATE_FILE_NAME = "info.json"
-DEFAULT_HEALTH = "udfd-health.sock"
+#: off unless asked for: a default socket nobody asked for must never reject a config
+#: (a long socket_dir made its path too long for a unix socket)
+DEFAULT_HEALTH = ""
 DEFAULT_POOL = "default"
 
 _HOST_PORT = re.compile(r"(\[[0-9A-Fa-f:.]+\]|[^/:\[\]]*):(\d+)\Z")
