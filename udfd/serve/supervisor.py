@@ -44,9 +44,10 @@ from udfd.errors import ConfigError, StartupError
 from udfd.plugins.fallback import InfoStore
 from udfd.plugins.loader import discover
 from udfd.protocol.proto import udf_pb2 as pb
-from udfd.serve import activation, systemd
+from udfd.serve import activation, metrics, systemd
 from udfd.serve.channel import Channel, ChannelClosed
 from udfd.serve.channel import pair as channel_pair
+from udfd.serve.health import HealthServer
 from udfd.serve.holding import HeldConnection
 from udfd.serve.pool import Pool, WorkerHandle
 from udfd.serve.sockets import bind_unix, remove_socket_file
@@ -269,6 +270,7 @@ class Supervisor:
                 systemd.notify(f"STATUS=loading {len(self.functions)} handler(s)")
                 if not self.functions:
                     await self._report_ready()
+                await self._start_health(tg)
                 task_status.started(self)
                 tg.start_soon(self._publish_periodically)
                 interval = systemd.watchdog_interval()
@@ -290,6 +292,20 @@ class Supervisor:
                 self._spawner_channel.close()
             await self._reap_spawner()
         log.info("stopped")
+
+    async def _start_health(self, tg: TaskGroup) -> None:
+        """The HTTP health endpoint, when configured. One that cannot be opened is
+        logged, not fatal: Kapacitor's functions matter more than their monitoring."""
+        address = self.config.health_address()
+        if address is None:
+            return
+        registry = metrics.registry_for(self.status)
+        server = HealthServer(self.status, lambda: metrics.render(registry))
+        try:
+            await tg.start(server.serve, address)
+        except OSError as exc:
+            log.error("health endpoint %s could not be opened (%s); serving without it",
+                      self.config.health, exc)  # fmt: skip
 
     async def _ping_watchdog(self, interval: float) -> None:
         """``WATCHDOG=1`` from the event loop itself: a loop that hangs stops the pings,

@@ -1,0 +1,82 @@
+"""Prometheus metrics, computed at scrape time from the supervisor's status.
+
+The counters live in the worker processes; each reports its totals to the
+supervisor every second, and the supervisor keeps what workers that are gone
+had counted. A custom collector turns that one view into the exposition format
+with ``prometheus-client``, so totals are correct across workers and restarts
+(a counter never goes backwards when a worker dies) without the library's
+multi-process file mode, which would put the handler path in charge of mmap
+files.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from typing import Any
+
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+#: metric name (without ``_total``) -> (the status counter it reads, help)
+COUNTERS = {
+    "udfd_points_in": ("points_in", "Points received from Kapacitor."),
+    "udfd_points_out": ("points_out", "Points sent to Kapacitor."),
+    "udfd_batches_in": ("batches_in", "Batches received from Kapacitor."),
+    "udfd_connections": ("connections_total", "Connections accepted."),
+    "udfd_handler_errors": ("handler_errors", "Handler failures (exceptions, bad output)."),
+    "udfd_points_dropped": ("dropped", "Points dropped: point errors and the drop policy."),
+    "udfd_protocol_errors": ("protocol_errors", "Protocol violations by the peer."),
+    "udfd_keepalives": ("keepalives", "Keepalives answered."),
+    "udfd_heartbeats": ("heartbeats", "Unsolicited keepalive answers while a handler worked."),
+    "udfd_slow_calls": ("slow_calls", "Handler calls slower than slow_call."),
+    "udfd_handler_timeouts": ("handler_timeouts", "Handler calls stuck past handler_timeout."),
+    "udfd_bytes_in": ("bytes_in", "Bytes received from Kapacitor."),
+    "udfd_bytes_out": ("bytes_out", "Bytes sent to Kapacitor."),
+}
+
+
+class StatusCollector(Collector):
+    """Reads ``status()`` once per scrape."""
+
+    def __init__(self, status: Callable[[], dict[str, Any]]) -> None:
+        self._status = status
+
+    def collect(self) -> Iterator[Any]:
+        status = self._status()
+        functions = status.get("functions", [])
+        stopping = bool(status.get("stopping"))
+        for name, (key, text) in COUNTERS.items():
+            family = CounterMetricFamily(name, text, labels=["function"])
+            for fn in functions:
+                family.add_metric([fn["name"]], fn.get(key, 0))
+            yield family
+        active = GaugeMetricFamily("udfd_connections", "Open connections.", labels=["function"])
+        up = GaugeMetricFamily(
+            "udfd_function_up", "1 while the function serves, else 0.", labels=["function"]
+        )
+        for fn in functions:
+            active.add_metric([fn["name"]], fn.get("connections_active", 0))
+            up.add_metric([fn["name"]], 1 if fn["state"] == "ready" and not stopping else 0)
+        yield active
+        yield up
+        workers = GaugeMetricFamily("udfd_workers", "Worker processes serving.", labels=["pool"])
+        restarts = CounterMetricFamily(
+            "udfd_worker_restarts", "Worker processes restarted.", labels=["pool"]
+        )
+        for pool in status.get("pools", []):
+            workers.add_metric([pool["name"]], pool.get("serving", 0))
+            restarts.add_metric([pool["name"]], pool.get("restarts", 0))
+        yield workers
+        yield restarts
+
+
+def render(registry: CollectorRegistry) -> bytes:
+    return generate_latest(registry)
+
+
+def registry_for(status: Callable[[], dict[str, Any]]) -> CollectorRegistry:
+    """A registry of its own (not the library's global one, which tests share)."""
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(StatusCollector(status))
+    return registry
