@@ -69,6 +69,8 @@ async def send_points(path: Path, n: int) -> None:
         await client.info()
         assert (await client.init({"field": "value"})).success
         await client.send_points([udfd.make_point("cpu", i, {"value": float(i)}) for i in range(n)])
+        for _ in range(3):
+            await client.keepalive()
         assert len(await client.finish()) == n
 
 
@@ -112,6 +114,17 @@ def test_health_and_metrics_over_tcp(workdir: Path) -> None:
         assert metric(text, "udfd_function_up", "broken") == 0
         assert metric(text, "udfd_handler_errors_total", "changes") == 0
         assert metric(text, "udfd_points_dropped_total", "changes") == 0
+        # histograms: three keepalives answered, at least one chunk through the handler
+        assert metric(text, "udfd_keepalive_latency_seconds_count", "changes") == 3
+        assert metric(text, "udfd_keepalive_latency_seconds_sum", "changes") > 0
+        assert metric(text, "udfd_handler_seconds_count", "changes") >= 1
+        families = {f.name: f for f in text_string_to_metric_families(text)}
+        buckets = [
+            s for s in families["udfd_keepalive_latency_seconds"].samples
+            if s.name.endswith("_bucket") and s.labels["function"] == "changes"
+        ]  # fmt: skip
+        assert buckets[-1].labels["le"] == "+Inf" and buckets[-1].value == 3
+        assert [b.value for b in buckets] == sorted(b.value for b in buckets)  # cumulative
 
         assert get(f"{base}/nothing")[0] == 404
         request = urllib.request.Request(f"{base}/health", method="POST")

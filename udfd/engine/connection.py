@@ -75,6 +75,9 @@ class Connection:
         self._limits = limits or Limits()
         self._stats = stats if stats is not None else Stats()
         self._writer = FrameWriter(stream, self._limits.write_high_water)
+        self._writer.on_urgent_sent = self._stats.keepalive_latency.observe
+        #: when the last read returned (the keepalives in it were read then)
+        self._read_at = time.monotonic()
         self._read_scope = anyio.CancelScope()
         self._runner = Runner(
             source,
@@ -168,6 +171,7 @@ class Connection:
                     try:
                         data = initial or await receive(read_size)
                         initial = b""
+                        self._read_at = time.monotonic()
                     except anyio.EndOfStream:
                         decoder.check_eof()
                         return
@@ -220,7 +224,7 @@ class Connection:
                     answer = wire.keepalive_frame(wire.keepalive_time(frame))
                 except ProtocolError:
                     continue  # stays in place, for the runner
-                writer.put_urgent(answer)
+                writer.put_urgent(answer, self._read_at)
                 stats.keepalives += 1
             elif first == wire.TAG_INFO and self._info_frame is not None:
                 writer.put(self._info_frame)

@@ -260,9 +260,11 @@ class Runner:
         never stalls the I/O loop that answers Info and keepalives.
         """
         assert self._spec is not None
+        started = time.perf_counter()
         try:
             await self._off_loop(self._process(frames))
         finally:
+            self._stats.handler_seconds.observe(time.perf_counter() - started)
             self.merge_tally()
 
     async def _process(self, frames: list[bytes]) -> None:

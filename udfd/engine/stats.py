@@ -7,7 +7,23 @@ so concurrent connections of one function never lose increments.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from bisect import bisect_left
+from dataclasses import dataclass, field
+
+#: upper bounds (seconds) of the latency histograms; one more bucket holds the rest (+Inf)
+BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+
+
+@dataclass
+class Histogram:
+    """Counts per bucket (not cumulative) and the sum: cheap to keep, to send and to add."""
+
+    counts: list[int] = field(default_factory=lambda: [0] * (len(BUCKETS) + 1))
+    sum: float = 0.0
+
+    def observe(self, seconds: float) -> None:
+        self.counts[bisect_left(BUCKETS, seconds)] += 1
+        self.sum += seconds
 
 
 @dataclass
@@ -33,6 +49,10 @@ class Stats:
     bytes_out: int = 0
     last_error: str = ""
     last_error_time: float = 0.0
+    #: from reading a keepalive to the kernel taking its answer
+    keepalive_latency: Histogram = field(default_factory=Histogram)
+    #: one chunk of frames through the handler, thread hand-off included
+    handler_seconds: Histogram = field(default_factory=Histogram)
 
 
 class Tally:

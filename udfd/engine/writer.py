@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Callable
 
 import anyio
 import anyio.abc
@@ -33,9 +34,11 @@ class FrameWriter:
         "_pending_bytes",
         "_stream",
         "_urgent",
+        "_urgent_since",
         "_wakeup",
         "bytes_sent",
         "last_send",
+        "on_urgent_sent",
         "writable",
     )
 
@@ -45,6 +48,10 @@ class FrameWriter:
         self._pending: list[bytes] = []
         #: keepalive answers, sent ahead of ``_pending``, in their own order
         self._urgent: list[bytes] = []
+        #: when each urgent answer's request was read (monotonic), for its latency
+        self._urgent_since: list[float] = []
+        #: called with each urgent answer's latency once the kernel took it
+        self.on_urgent_sent: Callable[[float], None] | None = None
         self._pending_bytes = 0  # queued in either list
         self._inflight = 0  # handed to send() and not yet accepted by the kernel
         self._closed = False
@@ -85,7 +92,7 @@ class FrameWriter:
         self._pending.append(data)
         self._queued(len(data))
 
-    def put_urgent(self, data: bytes) -> None:
+    def put_urgent(self, data: bytes, since: float | None = None) -> None:
         """Queue bytes ahead of everything not yet sent (keepalive answers).
 
         Kapacitor matches responses by type, so a keepalive answer may overtake
@@ -95,6 +102,8 @@ class FrameWriter:
         if self._closed or self._failed is not None or not data:
             return
         self._urgent.append(data)
+        if since is not None:
+            self._urgent_since.append(since)
         self._queued(len(data))
 
     async def wait_writable(self) -> None:
@@ -111,7 +120,7 @@ class FrameWriter:
 
     def _stopped(self, exc: BaseException | None) -> None:
         self._failed = exc
-        self._pending, self._urgent = [], []
+        self._pending, self._urgent, self._urgent_since = [], [], []
         self._pending_bytes = self._inflight = 0
         self.writable.set()
         self._drained.set()
@@ -128,6 +137,7 @@ class FrameWriter:
                 continue
             parts = self._urgent + self._pending if self._urgent else self._pending
             data = parts[0] if len(parts) == 1 else b"".join(parts)
+            since, self._urgent_since = self._urgent_since, []
             self._pending, self._urgent = [], []
             self._inflight, self._pending_bytes = self._pending_bytes, 0
             try:
@@ -137,6 +147,10 @@ class FrameWriter:
                 return
             self.bytes_sent += len(data)
             self._inflight = 0
+            if since and self.on_urgent_sent is not None:
+                now = time.monotonic()
+                for t in since:
+                    self.on_urgent_sent(now - t)
             self.last_send = time.monotonic()
             if not self.full:
                 self.writable.set()

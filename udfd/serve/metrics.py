@@ -15,8 +15,10 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 from prometheus_client import CollectorRegistry, generate_latest
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 from prometheus_client.registry import Collector
+
+from udfd.engine.stats import BUCKETS
 
 #: metric name (without ``_total``) -> (the status counter it reads, help)
 COUNTERS = {
@@ -36,6 +38,30 @@ COUNTERS = {
 }
 
 
+#: metric name -> (the status histogram it reads, help)
+HISTOGRAMS = {
+    "udfd_keepalive_latency_seconds": (
+        "keepalive_latency",
+        "From reading a keepalive to the kernel taking its answer.",
+    ),
+    "udfd_handler_seconds": (
+        "handler_seconds",
+        "One chunk of frames through the handler, thread hand-off included.",
+    ),
+}
+_BOUNDS = [repr(b) for b in BUCKETS] + ["+Inf"]
+
+
+def _buckets(counts: list[int]) -> list[tuple[str, float]]:
+    """Per-bucket counts as the cumulative ``le`` buckets Prometheus wants."""
+    total = 0
+    out = []
+    for bound, count in zip(_BOUNDS, counts, strict=True):
+        total += count
+        out.append((bound, float(total)))
+    return out
+
+
 class StatusCollector(Collector):
     """Reads ``status()`` once per scrape."""
 
@@ -51,6 +77,12 @@ class StatusCollector(Collector):
             for fn in functions:
                 family.add_metric([fn["name"]], fn.get(key, 0))
             yield family
+        for name, (key, text) in HISTOGRAMS.items():
+            histogram = HistogramMetricFamily(name, text, labels=["function"])
+            for fn in functions:
+                data = fn.get(key) or {"counts": [0] * len(_BOUNDS), "sum": 0.0}
+                histogram.add_metric([fn["name"]], _buckets(data["counts"]), data["sum"])
+            yield histogram
         active = GaugeMetricFamily("udfd_connections", "Open connections.", labels=["function"])
         up = GaugeMetricFamily(
             "udfd_function_up", "1 while the function serves, else 0.", labels=["function"]

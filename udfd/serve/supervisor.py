@@ -39,7 +39,7 @@ from anyio.abc import TaskGroup, TaskStatus
 
 from udfd.config import Config, Function, load_config, resolve_functions
 from udfd.engine.limits import Limits
-from udfd.engine.stats import Stats
+from udfd.engine.stats import Histogram, Stats
 from udfd.errors import ConfigError, StartupError
 from udfd.plugins.fallback import InfoStore
 from udfd.plugins.loader import discover
@@ -66,6 +66,7 @@ HOLD_TIMEOUT = 30.0
 #: after the grace period, how long workers get to flush and exit before SIGKILL
 STOP_MARGIN = 3.0
 _COUNTERS = [f.name for f in fields(Stats) if f.type in ("int", int)]
+_HISTOGRAMS = [f.name for f in fields(Stats) if f.type in ("Histogram", Histogram)]
 
 
 def add_counters(into: dict[str, Any], stats: dict[str, Any]) -> None:
@@ -73,6 +74,13 @@ def add_counters(into: dict[str, Any], stats: dict[str, Any]) -> None:
     the newest of the two."""
     for key in _COUNTERS:
         into[key] = into.get(key, 0) + stats.get(key, 0)
+    for key in _HISTOGRAMS:
+        theirs = stats.get(key)
+        if not theirs:
+            continue
+        ours = into.setdefault(key, {"counts": [0] * len(theirs["counts"]), "sum": 0.0})
+        ours["counts"] = [a + b for a, b in zip(ours["counts"], theirs["counts"], strict=True)]
+        ours["sum"] += theirs["sum"]
     if stats.get("last_error_time", 0) > into.get("last_error_time", 0):
         into["last_error"] = stats["last_error"]
         into["last_error_time"] = stats["last_error_time"]
