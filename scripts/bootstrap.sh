@@ -24,9 +24,7 @@ fi
 VENV_PY="$ROOT/.venv/bin/python"
 # pip's chatter goes to a log, shown only when an install fails
 PIP_LOG="$ROOT/.venv/pip-install.log"
-if ! { "$VENV_PY" -m pip install -q --disable-pip-version-check --upgrade pip &&
-       "$VENV_PY" -m pip install -q --disable-pip-version-check \
-           -e ".[${UDFD_EXTRAS:-fast}]" -e plugins/udfd-handlers; } >"$PIP_LOG" 2>&1; then
+if ! "$ROOT/scripts/install" "$ROOT/.venv" --editable "${UDFD_EXTRAS:-fast}" >"$PIP_LOG" 2>&1; then
     cat "$PIP_LOG" >&2
     echo "installing udfd into .venv failed (log above, also in $PIP_LOG)" >&2
     exit 1
