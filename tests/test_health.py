@@ -157,7 +157,13 @@ def test_all_serving_is_200_and_counters_survive_a_worker_crash(workdir: Path) -
 
         def restarted() -> bool:
             pids = json.loads(get(f"{base}/health")[1])["functions"]["changes"]["worker_pids"]
-            return bool(pids) and pid not in pids
+            text = get(f"{base}/metrics")[1].decode()
+            serving = any(
+                s.name == "udfd_workers" and s.value == 1
+                for f in text_string_to_metric_families(text)
+                for s in f.samples
+            )
+            return bool(pids) and pid not in pids and serving
 
         assert eventually(restarted, 30)
         assert points_in() == 100  # what the dead worker counted is kept

@@ -137,6 +137,26 @@ def build_parser() -> argparse.ArgumentParser:
     units.add_argument(
         "--output", "-o", type=Path, default=Path("."), metavar="DIR", help="default: ."
     )
+
+    demo = sub.add_parser(
+        "demo",
+        help="write the examples' ADSL and sensor data to InfluxDB (v2 write API)",
+        description=(
+            "Writes the data the README's examples use (adsl: line, state, downstream_rate; "
+            "sensors: temperature, humidity, pressure) through influxdb-client, one step "
+            "per --interval until interrupted, or --count steps."
+        ),
+    )
+    demo.add_argument("--url", default=os.environ.get("INFLUX_URL", "http://localhost:8086"))
+    demo.add_argument("--token", default=os.environ.get("INFLUX_TOKEN", ""))
+    demo.add_argument("--org", default=os.environ.get("INFLUX_ORG", "udfd"))
+    demo.add_argument("--bucket", default=os.environ.get("INFLUX_BUCKET", "udfd"))
+    demo.add_argument("--interval", type=float, default=1.0, help="seconds between steps")
+    demo.add_argument("--count", type=int, default=0, help="steps to write (0: forever)")
+    demo.add_argument("--seed", type=int, default=1)
+    demo.add_argument(
+        "--backfill", action="store_true", help="write --count past steps at once, then exit"
+    )
     return parser
 
 
@@ -360,6 +380,32 @@ def cmd_systemd_units(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_demo(args: argparse.Namespace) -> int:
+    from udfd import logs
+    from udfd.demo import run
+
+    logs.configure("info", "plain")
+    if args.backfill and args.count <= 0:
+        print("udfd demo: --backfill needs --count N", file=sys.stderr)
+        return EXIT_USAGE
+    try:
+        written = run(
+            args.url,
+            args.token,
+            args.org,
+            args.bucket,
+            interval=args.interval,
+            count=args.count,
+            seed=args.seed,
+            backfill=args.backfill,
+        )
+    except Exception as exc:  # the server's or the network's error, said plainly
+        print(f"udfd demo: writing to {args.url} failed: {exc}", file=sys.stderr)
+        return EXIT_CHECK_FAILED
+    print(f"udfd demo: {written} records written to {args.url} (bucket {args.bucket})")
+    return EXIT_OK
+
+
 COMMANDS = {
     "serve": cmd_serve,
     "list": cmd_list,
@@ -367,6 +413,7 @@ COMMANDS = {
     "kapacitor-conf": cmd_kapacitor_conf,
     "reload": cmd_reload,
     "systemd-units": cmd_systemd_units,
+    "demo": cmd_demo,
 }
 
 
