@@ -176,12 +176,19 @@ def test_socket_activation_with_named_and_unnamed_sockets(workdir: Path) -> None
 # ---------------------------------------------------------------- sd_notify
 
 
-def test_notify_ready_status_watchdog_and_stopping(workdir: Path) -> None:
-    address = workdir / "notify"
-    receiver = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-    receiver.bind(str(address))
-    receiver.settimeout(30)
-    env = {"NOTIFY_SOCKET": str(address), "WATCHDOG_USEC": "200000"}  # ping every 0.1 s
+@pytest.fixture
+def receiver(workdir: Path) -> Iterator[socket.socket]:
+    """The test's own NOTIFY_SOCKET: a datagram socket, as systemd's is."""
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    sock.bind(str(workdir / "notify"))
+    sock.settimeout(30)
+    yield sock
+    sock.close()
+
+
+def test_notify_ready_status_watchdog_and_stopping(workdir: Path, receiver: socket.socket) -> None:
+    address = receiver.getsockname()
+    env = {"NOTIFY_SOCKET": address, "WATCHDOG_USEC": "200000"}  # ping every 0.1 s
     daemon = DaemonProcess(workdir, '[functions.a]\nhandler = "state_change"\n', env=env)
     messages: list[str] = []
 
@@ -201,16 +208,14 @@ def test_notify_ready_status_watchdog_and_stopping(workdir: Path) -> None:
         assert daemon.wait() == 0
     finally:
         daemon.close()
-        receiver.close()
 
 
-def test_watchdog_is_only_for_the_process_systemd_watches(workdir: Path) -> None:
-    address = workdir / "notify"
-    receiver = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-    receiver.bind(str(address))
-    receiver.settimeout(30)
+def test_watchdog_is_only_for_the_process_systemd_watches(
+    workdir: Path, receiver: socket.socket
+) -> None:
     # WATCHDOG_PID names another process: udfd must not ping on its behalf
-    env = {"NOTIFY_SOCKET": str(address), "WATCHDOG_USEC": "100000", "WATCHDOG_PID": "1"}
+    address = receiver.getsockname()
+    env = {"NOTIFY_SOCKET": address, "WATCHDOG_USEC": "100000", "WATCHDOG_PID": "1"}
     daemon = DaemonProcess(workdir, '[functions.a]\nhandler = "state_change"\n', env=env)
     try:
         messages = [receiver.recv(4096).decode()]
@@ -226,4 +231,3 @@ def test_watchdog_is_only_for_the_process_systemd_watches(workdir: Path) -> None
         assert daemon.stop() == 0
     finally:
         daemon.close()
-        receiver.close()
