@@ -63,6 +63,7 @@ def health_document(status: dict[str, Any]) -> tuple[int, dict[str, Any]]:
             "last_error": fn.get("last_error", "") or None,
             "last_error_time": fn.get("last_error_time") or None,
             "handler": fn.get("origin") or fn.get("handler"),
+            "load_seconds": fn.get("load_s"),
             "worker_pids": fn.get("worker_pids", []),
         }
         if fn["state"] == "failed":

@@ -96,6 +96,8 @@ class FunctionState:
     state: str = "loading"  # loading | ready | failed
     error: str = ""
     origin: str = ""
+    #: seconds the current generation's worker took to import and check the handler
+    load_s: float | None = None
     #: the Info to answer while no worker is up (last served, or reported)
     info: pb.InfoResponse | None = None
     #: the generation whose load result ``state`` is
@@ -130,6 +132,7 @@ class FunctionState:
             "state": self.state,
             "error": self.error,
             "origin": self.origin,
+            "load_s": self.load_s,
             "worker_pids": [
                 w.pid for w in workers if w.pool == self.function.pool and not w.retired
             ],
@@ -481,6 +484,7 @@ class Supervisor:
         fs.generation = worker.generation
         fs.info = pb.InfoResponse.FromString(payload)
         fs.error, fs.origin = header["error"], header["origin"]
+        fs.load_s = header.get("load_s")
         fs.state = "ready" if header["ok"] else "failed"
         if first:
             if header["ok"]:

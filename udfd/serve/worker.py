@@ -28,6 +28,7 @@ import logging
 import os
 import signal
 import socket
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -225,6 +226,7 @@ class _Worker:
     async def _load_one(self, fn: Function, installed: Any, known: _KnownInfo) -> None:
         with contextlib.suppress(ChannelClosed):
             await self.channel.send({"op": "loading", "function": fn.name})
+        started = time.monotonic()
         result = await anyio.to_thread.run_sync(
             functools.partial(
                 load_function,
@@ -248,6 +250,7 @@ class _Worker:
         else:
             runtime.set_handler(result.spec)
             report = {"ok": True, "error": "", "origin": result.origin, "info_source": ""}
+        report["load_s"] = round(time.monotonic() - started, 4)
         assert runtime.spec is not None
         info = runtime.spec.info.SerializeToString()
         with contextlib.suppress(ChannelClosed):
