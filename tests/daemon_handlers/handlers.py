@@ -108,3 +108,12 @@ class WideInfo(udfd.Handler[WideOptions]):  # type: ignore[valid-type]
 
     def point(self, point: udfd.Point) -> udfd.Output:
         return point
+
+
+class Faulty(udfd.Handler[udfd.NoOptions]):
+    """Raises on a point whose ``fail`` field is true (a handler bug, not a point error)."""
+
+    def point(self, point: udfd.Point) -> udfd.Output:
+        if point.fieldsBool.get("fail"):
+            raise ValueError("cannot handle this point")
+        return point
