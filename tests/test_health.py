@@ -7,6 +7,8 @@ import os
 import shutil
 import signal
 import socket
+import subprocess
+import sys
 import tempfile
 import time
 import urllib.error
@@ -194,5 +196,32 @@ def test_health_on_a_unix_socket_and_a_silent_peer(workdir: Path) -> None:
         assert json.loads(body)["functions"]["changes"]["state"] == "serving"
         assert daemon.stop() == 0
         assert not path.exists()  # its own socket file is removed on exit
+    finally:
+        daemon.close()
+
+
+def test_check_uses_the_live_endpoint_when_the_status_file_is_gone(workdir: Path) -> None:
+    # the status file can go missing or stale (an unwritable state dir); with a health
+    # endpoint configured, `udfd check` asks the daemon itself and still sees the failure
+    port = free_port()
+    broken = '[functions.broken]\nhandler = "no_such_module_here:Nope"\n'
+    daemon = DaemonProcess(workdir, f'health = "127.0.0.1:{port}"\n' + CONFIG + broken)
+    try:
+        daemon.wait_for("ready: 1 function(s) ready, 1 failed")
+        status = workdir / "state" / "status.json"
+        status.unlink()
+        status.mkdir()  # every later status write fails: the file stays unreadable
+        udfd_bin = Path(sys.executable).parent / "udfd"
+        done = subprocess.run(
+            [str(udfd_bin), "check", "--config", str(daemon.config)],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert done.returncode == 1, done.stdout
+        assert "FAIL broken: handler failed to load" in done.stdout
+        assert "no_such_module_here" in done.stdout
+        assert "ok   changes:" in done.stdout
+        assert daemon.stop() == 0
     finally:
         daemon.close()

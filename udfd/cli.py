@@ -24,11 +24,12 @@ import threading
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import anyio
 
 from udfd import __version__, logs
-from udfd.config import Config, load_config, render_kapacitor_conf, resolve_functions
+from udfd.config import Config, Function, load_config, render_kapacitor_conf, resolve_functions
 from udfd.errors import ConfigError, StartupError
 
 EXIT_OK = 0
@@ -274,13 +275,15 @@ def cmd_check(args: argparse.Namespace) -> int:
 
     config = _load(args)
     functions = resolve_functions(config, discover(autoload=not config.disable_plugin_autoload))
-    path = config.state_dir / STATUS_FILE
-    try:
-        status = read_status(path, max_age=3 * STATUS_INTERVAL)
-    except PermissionError:
-        print(f"FAIL status: cannot read {path}: run check as the daemon's user or root")
-        return EXIT_CHECK_FAILED
-    known = {f["name"]: f for f in status["functions"]} if status else {}
+    known = _live_states(config, functions, args.timeout)
+    if known is None:  # no health endpoint, or none answering: the status file
+        path = config.state_dir / STATUS_FILE
+        try:
+            status = read_status(path, max_age=3 * STATUS_INTERVAL)
+        except PermissionError:
+            print(f"FAIL status: cannot read {path}: run check as the daemon's user or root")
+            return EXIT_CHECK_FAILED
+        known = {f["name"]: f for f in status["functions"]} if status else {}
 
     async def probe_all() -> list[tuple[str, str, str]]:
         results: list[tuple[str, str, str]] = []
@@ -311,6 +314,31 @@ def cmd_check(args: argparse.Namespace) -> int:
         print("no functions configured: nothing to check")
         return EXIT_CHECK_FAILED
     return EXIT_CHECK_FAILED if any(r[1] != "ok" for r in results) else EXIT_OK
+
+
+def _live_states(
+    config: Config, functions: Sequence[Function], timeout: float
+) -> dict[str, dict[str, Any]] | None:
+    """The functions' states from the daemon's health endpoint, shaped as the status
+    file's; None when no endpoint is configured or none answers."""
+    from udfd.serve.health import fetch_health
+
+    address = config.health_address()
+    if address is None:
+        return None
+    document = fetch_health(address, timeout)
+    if document is None:
+        return None
+    sockets = {fn.name: str(fn.socket) for fn in functions}
+    states = {"serving": "ready", "draining": "ready"}
+    return {
+        name: {
+            "state": states.get(entry.get("state", ""), entry.get("state", "")),
+            "error": entry.get("reason", ""),
+            "socket": sockets.get(name, ""),
+        }
+        for name, entry in document.get("functions", {}).items()
+    }
 
 
 def _edge(value: int) -> str:

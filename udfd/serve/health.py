@@ -168,6 +168,42 @@ class HealthServer:
                     os.unlink(address)  # a unix call that does not block
 
 
+def fetch_health(address: TcpAddress | Path, timeout: float) -> dict[str, Any] | None:
+    """``GET /health`` of a running daemon, parsed; None when it cannot be had.
+
+    For ``udfd check``: the daemon's live view, not the status file, which may be
+    seconds old or, when the state directory stopped being writable, not there.
+    """
+    import socket
+
+    try:
+        if isinstance(address, Path):
+            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            sock.settimeout(timeout)
+            sock.connect(str(address))
+        else:
+            host = "127.0.0.1" if address.host in ("0.0.0.0", "") else address.host
+            host = "::1" if host == "::" else host
+            sock = socket.create_connection((host, address.port), timeout=timeout)
+        with sock:
+            sock.sendall(b"GET /health HTTP/1.1\r\nHost: udfd\r\nConnection: close\r\n\r\n")
+            data = b""
+            while chunk := sock.recv(65536):
+                data += chunk
+                if len(data) > 16 << 20:
+                    return None
+    except OSError:
+        return None
+    head, _, body = data.partition(b"\r\n\r\n")
+    if not head.startswith(b"HTTP/1.1 200") and not head.startswith(b"HTTP/1.1 503"):
+        return None
+    try:
+        document = json.loads(body)
+    except ValueError:
+        return None
+    return document if isinstance(document, dict) else None
+
+
 def _describe(address: TcpAddress | Path) -> str:
     if isinstance(address, Path):
         return str(address)
