@@ -55,6 +55,7 @@ CASES = (
     Case("moving_average", "moving_average", {"field": "value", "size": 10}),
     Case("threshold", "threshold", {"range": ("value", 0.0, 1e12)}, note="filter, keeps all"),
     Case("outliers", "outliers", {"field": "value"}, batch=100, note="batches of 100"),
+    Case("normalize", "normalize", {"scale": ("value", 2.0, 1.0)}, note="scale one field"),
     Case(
         "legacy_mirror",
         f"{LEGACY / 'mirror.py'}:MirrorHandler",

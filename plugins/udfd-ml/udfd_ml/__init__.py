@@ -1,0 +1,1 @@
+"""udfd-ml: first-party analytics handlers (normalize; model-based scoring to come)."""
