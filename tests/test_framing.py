@@ -142,3 +142,14 @@ def test_the_decoder_points_at_the_frames_that_are_not_data() -> None:
     assert rest == frames[1:]
     assert decoder.control == [0, 3, 4]  # keepalive, empty, Info: positions in this feed
     assert decoder.feed(b"") == [] and decoder.control == []
+
+
+def test_after_a_frame_error_the_positions_describe_the_frames_it_carries() -> None:
+    keepalive = b"\x1a\x02\x08\x05"
+    point = b"\x8a\x01\x02\x08\x01"
+    decoder = FrameDecoder()
+    good = encode_frame(point) + encode_frame(keepalive)
+    with pytest.raises(FrameError) as failed:
+        decoder.feed(good + b"\xff\xff\xff\xff\xff\xff")  # an over-long varint
+    assert failed.value.frames == [point, keepalive]
+    assert decoder.control == [1]

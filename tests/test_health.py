@@ -91,6 +91,7 @@ def test_health_and_metrics_over_tcp(workdir: Path) -> None:
         doc = json.loads(body)
         assert doc["status"] == "unavailable"
         assert doc["functions"]["changes"]["state"] == "serving"
+        assert doc["functions"]["changes"]["socket"] == str(daemon.socket("changes"))
         assert 0 < doc["functions"]["changes"]["load_seconds"] < 60
         failed = doc["functions"]["broken"]
         assert failed["state"] == "failed" and "no_such_module_here" in failed["reason"]

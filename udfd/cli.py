@@ -29,7 +29,7 @@ from typing import Any
 import anyio
 
 from udfd import __version__, logs
-from udfd.config import Config, Function, load_config, render_kapacitor_conf, resolve_functions
+from udfd.config import Config, load_config, render_kapacitor_conf, resolve_functions
 from udfd.errors import ConfigError, StartupError
 
 EXIT_OK = 0
@@ -275,7 +275,7 @@ def cmd_check(args: argparse.Namespace) -> int:
 
     config = _load(args)
     functions = resolve_functions(config, discover(autoload=not config.disable_plugin_autoload))
-    known = _live_states(config, functions, args.timeout)
+    known = _live_states(config, args.timeout)
     if known is None:  # no health endpoint, or none answering: the status file
         path = config.state_dir / STATUS_FILE
         try:
@@ -316,26 +316,21 @@ def cmd_check(args: argparse.Namespace) -> int:
     return EXIT_CHECK_FAILED if any(r[1] != "ok" for r in results) else EXIT_OK
 
 
-def _live_states(
-    config: Config, functions: Sequence[Function], timeout: float
-) -> dict[str, dict[str, Any]] | None:
+def _live_states(config: Config, timeout: float) -> dict[str, dict[str, Any]] | None:
     """The functions' states from the daemon's health endpoint, shaped as the status
     file's; None when no endpoint is configured or none answers."""
     from udfd.serve.health import fetch_health
 
     address = config.health_address()
-    if address is None:
-        return None
-    document = fetch_health(address, timeout)
+    document = None if address is None else fetch_health(address, timeout)
     if document is None:
         return None
-    sockets = {fn.name: str(fn.socket) for fn in functions}
     states = {"serving": "ready", "draining": "ready"}
     return {
         name: {
             "state": states.get(entry.get("state", ""), entry.get("state", "")),
             "error": entry.get("reason", ""),
-            "socket": sockets.get(name, ""),
+            "socket": entry.get("socket", ""),
         }
         for name, entry in document.get("functions", {}).items()
     }
@@ -391,8 +386,9 @@ def cmd_systemd_units(args: argparse.Namespace) -> int:
     from udfd.plugins.loader import discover
 
     config = _load(args)
-    udfd = Path(sys.argv[0]).resolve() if Path(sys.argv[0]).name == "udfd" else None
-    if udfd is None:  # `python -m udfd`: the script next to this interpreter
+    if Path(sys.argv[0]).name == "udfd":
+        udfd = Path(sys.argv[0]).resolve()
+    else:  # `python -m udfd`: the script next to this interpreter
         udfd = Path(sys.executable).parent / "udfd"
     config_path = args.config.resolve() if args.config is not None else PACKAGED_CONFIG
     units = render_units(

@@ -182,9 +182,8 @@ class Connection:
                         chunk = decoder.feed(data)
                     except FrameError as exc:
                         # what arrived intact before the bad bytes is still handled
-                        if exc.frames:
-                            control = [i for i, f in enumerate(exc.frames) if not f or f[0] < 0x80]
-                            await self._answer_inline(exc.frames, control, send)
+                        if exc.frames:  # decoder.control describes them too
+                            await self._answer_inline(exc.frames, decoder.control, send)
                         raise
                     if decoder.control:
                         await self._answer_inline(chunk, decoder.control, send)

@@ -104,28 +104,25 @@ class OutputBuffer:
         self.points += 1
 
     def _add_encoded(self, items: Encoded) -> None:
-        frames = self.frames
         for item in items:
             if type(item) is bytes:
-                if self._batch is not None:
-                    self._batch.append(item)
-                elif self.provides_batch:
-                    raise OutputError("point outside BeginBatch/EndBatch from a batch handler")
-                else:
-                    frames.append(item)
-                    self.points += 1
+                self._add_point_frame(item)
             else:
                 self._add_one(cast("pb.BeginBatch | pb.EndBatch", item))
 
+    def _add_point_frame(self, frame: bytes) -> None:
+        """A point's frame into the open batch, or the stream; never loose from a batch handler."""
+        if self._batch is not None:
+            self._batch.append(frame)
+        elif self.provides_batch:
+            raise OutputError("point outside BeginBatch/EndBatch from a batch handler")
+        else:
+            self.frames.append(frame)
+            self.points += 1
+
     def _add_one(self, msg: pb.Point | pb.BeginBatch | pb.EndBatch) -> None:
         if isinstance(msg, _Point):
-            if self._batch is not None:
-                self._batch.append(wire.point_frame(msg))
-            elif self.provides_batch:
-                raise OutputError("point outside BeginBatch/EndBatch from a batch handler")
-            else:
-                self.frames.append(wire.point_frame(msg))
-                self.points += 1
+            self._add_point_frame(wire.point_frame(msg))
         elif not self.provides_batch:
             raise OutputError(
                 f"{type(msg).__name__} from a handler that provides a stream (declare "

@@ -452,8 +452,7 @@ class Runner:
         logs; ``last_error`` is a single attribute store.
         """
         what = wire.KIND_NAMES.get(kind, "data")
-        group = getattr(msg, "group", "")
-        context = f"task={self._task_id or '?'} node={self._node_id or '?'} group={group!r}"
+        context = self._context(msg)
         if isinstance(exc, PointError):
             self.tally.dropped += 1
             self._drop_log(logging.INFO, "dropped %s (%s): %s", what, context, exc)
@@ -482,14 +481,18 @@ class Runner:
         self.log.error("handler failed on %s (%s): %s", what, context, text, exc_info=exc)
         raise Fatal(f"{self._function}: {text}", logged=True)
 
+    def _context(self, msg: object) -> str:
+        """Where a failure happened, as every log line about one names it."""
+        group = getattr(msg, "group", "")
+        return f"task={self._task_id or '?'} node={self._node_id or '?'} group={group!r}"
+
     def _bad_output(self, exc: OutputTypeError, callback: str, msg: object) -> None:
         """Output that is not a message: dropped and counted under ``drop``, else fatal.
 
         Nothing of it was queued (``OutputBuffer.add`` checks everything first), so
         dropping it cannot break the framing of what is sent.
         """
-        group = getattr(msg, "group", "")
-        context = f"task={self._task_id or '?'} node={self._node_id or '?'} group={group!r}"
+        context = self._context(msg)
         text = f"{callback}() {exc}"
         self.tally.handler_errors += 1
         if self._policy is ErrorPolicy.DROP:

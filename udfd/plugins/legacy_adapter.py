@@ -232,9 +232,7 @@ class LegacyAdapter(Handler[Any]):
             if body[:2] == _POINT_TAG:  # the hot path: a point, from the callback itself
                 frame = _encode_frame(body)
                 if self._closed:
-                    self._warn_once(
-                        "after-close", "output written after the connection ended dropped"
-                    )
+                    self._dropped_after_close()
                 elif self._in_point and self._emit is not None and not self._buffer:
                     self._emit(frame)  # straight into the connection's output, in order
                 else:
@@ -270,7 +268,7 @@ class LegacyAdapter(Handler[Any]):
         own = _get_ident() == self._callback_thread
         with self._lock:
             if self._closed:
-                self._warn_once("after-close", "output written after the connection ended dropped")
+                self._dropped_after_close()
                 return
             self._buffer.append(item)
             if type(item) is _ErrorMark:
@@ -278,6 +276,9 @@ class LegacyAdapter(Handler[Any]):
         if not own:  # the callback's own output is taken when it returns
             self.context.request_flush()
             self._wait_for_room()
+
+    def _dropped_after_close(self) -> None:
+        self._warn_once("after-close", "output written after the connection ended dropped")
 
     def _wait_for_room(self) -> None:
         """Block the handler's own thread while its output piles up, as the official

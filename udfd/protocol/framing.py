@@ -65,10 +65,10 @@ class FrameDecoder:
             raise ValueError("max_message_size must be positive")
         self._max = max_message_size
         self._buffer = b""
-        #: positions, in what the last :meth:`feed` returned, of the frames that are not
-        #: data (whose first byte is below 0x80: Info, keepalive, Init...). The reader
-        #: answers Info and keepalives at once, and finds them here instead of looking
-        #: at every point a second time.
+        #: positions, in what the last :meth:`feed` returned (or its FrameError carried),
+        #: of the frames that are not data (whose first byte is below 0x80: Info,
+        #: keepalive, Init...). The reader answers Info and keepalives at once, and
+        #: finds them here instead of looking at every point a second time.
         self.control: list[int] = []
 
     @property

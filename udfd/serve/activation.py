@@ -39,7 +39,7 @@ def take_passed_sockets(environ: MutableMapping[str, str] | None = None) -> list
     """The listening unix sockets systemd passed to this process; the variables are cleared.
 
     Descriptors that are not listening unix stream sockets are logged and left
-    alone (closed only by being ours to close: they are, once passed).
+    alone: detached, not closed, since udfd has no use for them and no say over them.
     """
     env = os.environ if environ is None else environ
     pid = env.pop("LISTEN_PID", None)

@@ -54,6 +54,7 @@ def health_document(status: dict[str, Any]) -> tuple[int, dict[str, Any]]:
             state = "draining"
         entry: dict[str, Any] = {
             "state": state,
+            "socket": fn.get("socket", ""),
             "connections": fn.get("connections_active", 0),
             "connections_total": fn.get("connections_total", 0),
             "points_in": fn.get("points_in", 0),

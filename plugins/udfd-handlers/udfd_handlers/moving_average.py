@@ -131,10 +131,6 @@ class Window:
             self.total >>= self.scale - needed  # exact: every value is a multiple
             self.scale = needed
 
-    @property
-    def full(self) -> bool:
-        return len(self.values) == self.values.maxlen
-
     def mean(self) -> float:
         if self.nan or (self.pos_inf and self.neg_inf):
             return float("nan")
