@@ -7,15 +7,17 @@ from __future__ import annotations
 
 from udfd.errors import (
     FieldTypeError,
+    InitFailed,
     MissingField,
     OptionsError,
     PointError,
     ProtocolError,
+    RestoreFailed,
     TaskError,
     UdfdError,
 )
 from udfd.handler import BatchHandler, Context, Edge, Handler, Output, batch_output
-from udfd.options import Flag, NoOptions, Options
+from udfd.options import ConfigOnly, Flag, NoOptions, Options
 from udfd.points import (
     BeginBatch,
     EndBatch,
@@ -39,6 +41,7 @@ __version__ = "0.1.0"
 __all__ = [
     "BatchHandler",
     "BeginBatch",
+    "ConfigOnly",
     "Context",
     "Edge",
     "EndBatch",
@@ -47,6 +50,7 @@ __all__ = [
     "Flag",
     "GroupState",
     "Handler",
+    "InitFailed",
     "MissingField",
     "NoOptions",
     "Options",
@@ -55,6 +59,7 @@ __all__ = [
     "Point",
     "PointError",
     "ProtocolError",
+    "RestoreFailed",
     "SnapshotError",
     "TaskError",
     "UdfdError",

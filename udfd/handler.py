@@ -23,6 +23,7 @@ from typing import Any, ClassVar, Generic, TypeAlias, TypeVar, cast, get_args, g
 from udfd.errors import HandlerDefinitionError
 from udfd.options import NoOptions, Options, OptionSpec, info_options, option_specs
 from udfd.protocol.proto import udf_pb2 as pb
+from udfd.shared import PROCESS_RESOURCES, SharedView
 from udfd.state import GroupState, SnapshotError, decode_snapshot, encode_snapshot
 
 
@@ -47,9 +48,17 @@ Output: TypeAlias = Message | Iterable[Message] | None
 
 OptionsT = TypeVar("OptionsT", bound=Options)
 
+#: the most points one :meth:`Handler.points` call gets (bounds one call's latency)
+MAX_POINTS_CALL = 4096
+
 
 def _no_flush() -> None:
     """request_flush of a context that is not attached to a connection."""
+
+
+def _drop_unattached(point: pb.Point, error: Exception) -> None:
+    """Context.drop of a context that is not attached to a connection: log it."""
+    logging.getLogger("udfd.handler").info("dropped point: %s", error)
 
 
 @dataclass(frozen=True)
@@ -72,9 +81,26 @@ class Context:
     #: point frame (``wire.point_frame`` bytes) right after the output queued so
     #: far. Set for stream-providing handlers; None where output must be returned.
     emit_point_frame: Callable[[bytes], None] | None = None
+    #: For :meth:`Handler.points`: report one point of the list that cannot be
+    #: handled (a missing field, a wrong type) as ``point()`` would by raising
+    #: ``PointError``: counted as dropped and logged, the rest goes on.
+    drop: Callable[[pb.Point, Exception], None] = _drop_unattached
+    #: Objects loaded once per worker process and shared by its connections
+    #: (models, tables): ``context.shared.get(key, load)``; see :mod:`udfd.shared`.
+    shared: SharedView = field(default_factory=lambda: SharedView(PROCESS_RESOURCES))
 
 
-CALLBACKS = ("init", "point", "begin_batch", "end_batch", "flush", "snapshot", "restore", "close")
+CALLBACKS = (
+    "init",
+    "point",
+    "points",
+    "begin_batch",
+    "end_batch",
+    "flush",
+    "snapshot",
+    "restore",
+    "close",
+)
 
 
 class Handler(Generic[OptionsT]):
@@ -124,6 +150,29 @@ class Handler(Generic[OptionsT]):
     def point(self, point: pb.Point) -> Output:
         """A point of a stream, or a point inside a batch."""
         return None
+
+    def points(self, points: list[pb.Point]) -> Output:
+        """Several consecutive points of a stream at once, for handlers that vectorise.
+
+        Override it instead of :meth:`point` when one call over many points is much
+        cheaper than many calls (a model scoring a matrix). udfd then hands over
+        every run of consecutive points it has read, up to :data:`MAX_POINTS_CALL`,
+        in order; management requests in between (snapshot, keepalives) split the
+        runs, so a snapshot always sees every point before it. Report a point that
+        cannot be handled with ``self.context.drop(point, error)``; raising fails
+        the whole list under the function's error policy. Stream handlers only:
+        a batch handler sees its batch whole in :meth:`BatchHandler.process_batch`.
+        """
+        out: list[Message] = []
+        for point in points:
+            result = self.point(point)
+            if result is None:
+                continue
+            if isinstance(result, (pb.Point, pb.BeginBatch, pb.EndBatch)):
+                out.append(result)
+            else:
+                out.extend(result)
+        return out
 
     def begin_batch(self, begin: pb.BeginBatch) -> Output:
         return None
@@ -235,6 +284,8 @@ class HandlerSpec:
     info: pb.InfoResponse
     options: dict[str, OptionSpec]
     is_async: frozenset[str]
+    #: the class overrides :meth:`Handler.points`: the engine passes runs of points
+    vectorised: bool = False
 
     @property
     def threaded(self) -> bool:
@@ -277,6 +328,14 @@ def inspect_handler(cls: object, name: str = "") -> HandlerSpec:
             f"{label}: threaded handlers need plain callbacks, "
             f"but {', '.join(sorted(is_async))} are coroutines"
         )
+    vectorised = cls.points is not Handler.points
+    if vectorised and "points" in is_async:
+        raise HandlerDefinitionError(f"{label}: points() must be a plain function")
+    if vectorised and cls.wants is Edge.BATCH:
+        raise HandlerDefinitionError(
+            f"{label}: points() is for stream handlers; a batch handler gets its batch "
+            "whole in process_batch()"
+        )
     if cls.info_override is not None:
         info = pb.InfoResponse()
         info.CopyFrom(cls.info_override)
@@ -287,5 +346,10 @@ def inspect_handler(cls: object, name: str = "") -> HandlerSpec:
             options=info_options(specs),
         )
     return HandlerSpec(
-        cls=cls, name=name or cls.__qualname__, info=info, options=specs, is_async=is_async
+        cls=cls,
+        name=name or cls.__qualname__,
+        info=info,
+        options=specs,
+        is_async=is_async,
+        vectorised=vectorised,
     )

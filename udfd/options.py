@@ -43,6 +43,24 @@ class _FlagMarker:
 Flag = Annotated[bool, _FlagMarker()]
 
 
+class _ConfigOnlyMarker:
+    """Marks an option that only the operator's config may set."""
+
+    def __repr__(self) -> str:
+        return "ConfigOnly"
+
+
+#: ``Annotated[list[str], ConfigOnly]``: an option the function's ``options`` table in
+#: the udfd config sets, which a TICKscript can neither see (it is not in Info) nor
+#: override. For what decides trust or resources, which belongs to whoever runs
+#: udfd rather than to whoever writes tasks: which directories' pickles to trust.
+ConfigOnly = _ConfigOnlyMarker()
+
+
+def is_config_only(metadata: Iterable[Any]) -> bool:
+    return any(isinstance(m, _ConfigOnlyMarker) for m in metadata)
+
+
 class Options(BaseModel):
     """Base of every handler's options model: strict about unknown names, immutable."""
 
@@ -155,6 +173,8 @@ def option_specs(model: type[Options]) -> dict[str, OptionSpec]:
     """
     specs: dict[str, OptionSpec] = {}
     for field_name, info in model.model_fields.items():
+        if is_config_only(info.metadata):
+            continue
         where = f"{model.__qualname__}.{field_name}"
         name = info.alias or field_name
         annotation, _ = _strip_optional(info.annotation)

@@ -39,10 +39,11 @@ from udfd.errors import (
     RestoreFailed,
     TaskError,
 )
-from udfd.handler import Context, Edge, ErrorPolicy, Handler, HandlerSpec
+from udfd.handler import MAX_POINTS_CALL, Context, Edge, ErrorPolicy, Handler, HandlerSpec
 from udfd.options import build_options
 from udfd.protocol import wire
 from udfd.protocol.proto import udf_pb2 as pb
+from udfd.shared import PROCESS_RESOURCES, SharedView
 
 log = logging.getLogger("udfd.engine.connection")
 
@@ -272,11 +273,15 @@ class Runner:
         i = 0
         n = len(frames)
         is_async = self._handler_loop is not None
+        assert self._spec is not None
+        vectorised = self._spec.vectorised
         while i < n and not self.stopping:
             first = frames[i][0] if frames[i] else 0
             if first >= _DATA_TAG and self._handler is not None:
                 if is_async:
                     i = await self._data_async(frames, i, n)
+                elif vectorised:
+                    i = self._data_vector(frames, i, n)
                 else:
                     i = self._data_sync(frames, i, n)
             else:
@@ -389,6 +394,73 @@ class Runner:
             self.tally.points_in += points
             out.points += points_out
         return i
+
+    def _data_vector(self, frames: list[bytes], start: int, stop: int) -> int:
+        """Hand a run of consecutive point frames to ``handler.points`` in one call.
+
+        Stops at the next management frame (so a snapshot sees every point before
+        it), at a non-point data frame (a protocol error for a stream handler,
+        raised by ``_batch_edge``) or after ``MAX_POINTS_CALL`` points.
+        """
+        handler = self._handler
+        assert handler is not None
+        parse_point = _parse_point
+        run: list[pb.Point] = []
+        i = start
+        limit = min(stop, start + MAX_POINTS_CALL)
+        try:
+            while i < limit:
+                frame = frames[i]
+                size = len(frame)
+                if (
+                    size > 3
+                    and frame[0] == 0x8A
+                    and frame[1] == 1
+                    and frame[2] < 0x80
+                    and frame[2] + 3 == size
+                ):
+                    run.append(parse_point(frame[3:]))
+                elif not frame or frame[0] < _DATA_TAG:
+                    break
+                else:
+                    kind, msg = _decode_request(frame)
+                    if kind != wire.POINT:
+                        if not run:
+                            self._batch_edge(handler, kind, msg)  # raises for a stream handler
+                        break
+                    run.append(msg)  # type: ignore[arg-type]
+                i += 1
+        except (ProtocolError, DecodeError) as exc:
+            raise protocol_fatal(exc) from None
+        self.tally.points_in += len(run)
+        try:
+            self.out.add(handler.points(run))
+        except OutputTypeError as exc:
+            self._bad_output(exc, "points", run[0] if run else None)
+        except OutputError as exc:
+            raise Fatal(f"{self._function}: invalid handler output: {exc}") from None
+        except (ProtocolError, Fatal):
+            raise
+        except HANDLER_FAILURES as exc:
+            self._failed_run(exc, run)
+        finally:
+            self.progress += i - start
+        self._tick()
+        return i
+
+    def _failed_run(self, exc: BaseException, run: list[pb.Point]) -> None:
+        """``points()`` raised: the error policy applies to the run as a whole."""
+        if isinstance(exc, PointError) or (
+            self._policy is ErrorPolicy.DROP and isinstance(exc, Exception)
+        ):
+            # every point of the run is lost, and counted as such
+            self.tally.dropped += max(len(run) - 1, 0)
+        self._handler_exception(exc, wire.POINT, run[0] if run else None)
+
+    def _drop_point(self, point: pb.Point, error: Exception) -> None:
+        """``Context.drop``: one point a ``points()`` call could not handle."""
+        self.tally.dropped += 1
+        self._drop_log(logging.INFO, "dropped point (%s): %s", self._context(point), error)
 
     async def _data_async(self, frames: list[bytes], start: int, stop: int) -> int:
         """The same as :meth:`_data_sync` for coroutine callbacks (one frame at a time)."""
@@ -651,6 +723,8 @@ class Runner:
             self._request_flush,
             self._wait_writable,
             None if self.out.provides_batch else self.out.add_stream_frame,
+            drop=self._drop_point,
+            shared=SharedView(PROCESS_RESOURCES, self.tally.count_load, self.tally.count_hit),
         )
         try:
             handler = await self._call(spec.cls, options, context)

@@ -47,6 +47,10 @@ class Stats:
     handler_timeouts: int = 0
     bytes_in: int = 0
     bytes_out: int = 0
+    #: shared objects (models) this function's connections loaded into a worker ...
+    resource_loads: int = 0
+    #: ... and found already loaded there (``Context.shared``)
+    resource_hits: int = 0
     last_error: str = ""
     last_error_time: float = 0.0
     #: from reading a keepalive to the kernel taking its answer
@@ -58,14 +62,31 @@ class Stats:
 class Tally:
     """Per-connection counts, written by whichever thread runs the handler."""
 
-    __slots__ = ("batches_in", "dropped", "handler_errors", "points_in")
+    __slots__ = (
+        "batches_in",
+        "dropped",
+        "handler_errors",
+        "points_in",
+        "resource_hits",
+        "resource_loads",
+    )
 
     def __init__(self) -> None:
         self.points_in = self.batches_in = self.dropped = self.handler_errors = 0
+        self.resource_loads = self.resource_hits = 0
 
     def merge_into(self, stats: Stats) -> None:
         stats.points_in += self.points_in
         stats.batches_in += self.batches_in
         stats.dropped += self.dropped
         stats.handler_errors += self.handler_errors
+        stats.resource_loads += self.resource_loads
+        stats.resource_hits += self.resource_hits
         self.points_in = self.batches_in = self.dropped = self.handler_errors = 0
+        self.resource_loads = self.resource_hits = 0
+
+    def count_load(self) -> None:
+        self.resource_loads += 1
+
+    def count_hit(self) -> None:
+        self.resource_hits += 1

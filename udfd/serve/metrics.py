@@ -35,6 +35,14 @@ COUNTERS = {
     "udfd_handler_timeouts": ("handler_timeouts", "Handler calls stuck past handler_timeout."),
     "udfd_bytes_in": ("bytes_in", "Bytes received from Kapacitor."),
     "udfd_bytes_out": ("bytes_out", "Bytes sent to Kapacitor."),
+    "udfd_resource_loads": (
+        "resource_loads",
+        "Shared objects (models) loaded into a worker by this function's connections.",
+    ),
+    "udfd_resource_hits": (
+        "resource_hits",
+        "Connections that found their shared object (model) already loaded.",
+    ),
 }
 
 

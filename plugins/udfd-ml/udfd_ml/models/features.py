@@ -1,0 +1,100 @@
+"""From points to a feature matrix, and from a model file to a shared loaded model.
+
+Both model handlers need the same two steps, with the same words for the same
+problems: which fields are the features (the task's ``.field()``s, or the names
+the model file was trained with, which must then agree in order), and how one
+point that lacks a feature is dropped without losing its neighbours.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from typing import Any, Literal
+
+from udfd import Context, FieldTypeError, InitFailed, Point, PointError, get_number
+
+from udfd_ml.models.files import read_model
+from udfd_ml.models.loaded import (
+    AnomalyModel,
+    ClassifierModel,
+    load_anomaly_model,
+    load_classifier,
+)
+from udfd_ml.requires import require
+
+np = require("numpy")
+
+Kind = Literal["anomaly", "classifier"]
+
+
+def shared_model(
+    context: Context,
+    kind: Kind,
+    name: str,
+    sha256: str | None,
+    trusted_dirs: Sequence[str],
+) -> Any:
+    """The model in file ``name``, loaded once per worker for all connections.
+
+    The file is read and checked on every call (a few milliseconds for a large
+    model) because the key is its content: a task started after the file was
+    replaced gets the new model, and a pin is checked against what is really
+    there. Parsing, the slow part, happens once per content and worker.
+    """
+    model = read_model(name, sha256=sha256, trusted_dirs=trusted_dirs)
+    load: Callable[[], Any] = (
+        (lambda: load_anomaly_model(model))
+        if kind == "anomaly"
+        else (lambda: load_classifier(model))
+    )
+    return context.shared.get(
+        (kind, model.sha256), load, label=f"{kind} {model.path} sha256:{model.sha256[:16]}"
+    )
+
+
+def resolve_features(fields: Sequence[str], model: AnomalyModel | ClassifierModel) -> list[str]:
+    """The feature fields, in the order the model wants them."""
+    known = model.features
+    if not fields:
+        if not known:
+            raise InitFailed(
+                f"model {model.label!r} does not name its features: give them in order, "
+                ".field('a').field('b')"
+            )
+        return list(known)
+    if known and tuple(fields) != tuple(known):
+        raise InitFailed(
+            f".field() gives {', '.join(fields)}, but model {model.label!r} was trained on "
+            f"{', '.join(known)} (in this order)"
+        )
+    if model.width is not None and len(fields) != model.width:
+        raise InitFailed(
+            f"model {model.label!r} takes {model.width} features; .field() gives {len(fields)}"
+        )
+    return list(fields)
+
+
+def feature_row(point: Point, names: Sequence[str]) -> list[float]:
+    row = [get_number(point, name) for name in names]
+    for name, value in zip(names, row, strict=True):
+        if not math.isfinite(value):
+            raise FieldTypeError(f"field {name!r} is {value}, which a model cannot score")
+    return row
+
+
+def feature_matrix(
+    points: Sequence[Point], names: Sequence[str], drop: Callable[[Point, Exception], None]
+) -> tuple[Any, list[Point]]:
+    """A row per usable point, and those points; the others go to ``drop``."""
+    rows: list[list[float]] = []
+    kept: list[Point] = []
+    for point in points:
+        try:
+            rows.append(feature_row(point, names))
+        except PointError as exc:
+            drop(point, exc)
+            continue
+        kept.append(point)
+    matrix = np.array(rows, dtype=np.float64).reshape(len(rows), len(names))
+    return matrix, kept
