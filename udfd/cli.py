@@ -68,7 +68,7 @@ def _add_config(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="udfd",
         description=DESCRIPTION,
@@ -158,6 +158,10 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument(
         "--backfill", action="store_true", help="write --count past steps at once, then exit"
     )
+    from udfd.train.command import add_train_parser
+
+    words = list(sys.argv[1:] if argv is None else argv)
+    add_train_parser(sub, load_trainers="train" in words[:1])
     return parser
 
 
@@ -430,6 +434,12 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_train(args: argparse.Namespace) -> int:
+    from udfd.train.command import cmd_train as train
+
+    return train(args)
+
+
 COMMANDS = {
     "serve": cmd_serve,
     "list": cmd_list,
@@ -438,11 +448,12 @@ COMMANDS = {
     "reload": cmd_reload,
     "systemd-units": cmd_systemd_units,
     "demo": cmd_demo,
+    "train": cmd_train,
 }
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    args = build_parser().parse_args(argv)
+    args = build_parser(argv).parse_args(argv)
     try:
         code = COMMANDS[args.command](args)
     except ConfigError as exc:

@@ -10,7 +10,13 @@ for the unavailable handler, instead of a bare ``No module named 'sklearn'``.
 from __future__ import annotations
 
 import importlib
+import threading
 from types import ModuleType
+
+#: udfd imports its functions' handlers concurrently, in threads; two threads that
+#: import scikit-learn at once can meet its internal import cycles half-way and get
+#: a partially initialised module. One heavy import at a time avoids that.
+_IMPORT_LOCK = threading.RLock()
 
 #: what ``pip install 'udfd-ml[models]'`` brings, by import name
 MODELS_EXTRA = {
@@ -25,7 +31,8 @@ MODELS_EXTRA = {
 def require(module: str, what: str = "udfd-ml's model handlers") -> ModuleType:
     """Import ``module`` or fail with an ImportError that says how to get it."""
     try:
-        return importlib.import_module(module)
+        with _IMPORT_LOCK:
+            return importlib.import_module(module)
     except ImportError as exc:
         top = module.partition(".")[0]
         package = MODELS_EXTRA.get(top, top)
