@@ -32,6 +32,7 @@ import pydantic
 from udfd.config import Function, normalize_distribution
 from udfd.errors import HandlerDefinitionError, UdfdError
 from udfd.handler import Handler, HandlerSpec, inspect_handler
+from udfd.options import is_config_only
 from udfd.plugins.compat import install_kapacitor_shim, shim_installed
 from udfd.plugins.fallback import InfoRecord, declared_info, neutral_info, placeholder_spec
 from udfd.plugins.importer import (
@@ -372,7 +373,11 @@ def _check_option_defaults(function: Function, spec: HandlerSpec) -> None:
     """
     if spec.cls.raw_options or not function.options:
         return
-    known = set(spec.options) | {s.field for s in spec.options.values()}
+    model = spec.cls.options_model
+    config_only = {
+        name for name, info in model.model_fields.items() if is_config_only(info.metadata)
+    }
+    known = set(spec.options) | {s.field for s in spec.options.values()} | config_only
     unknown = sorted(set(function.options) - known)
     where = f"functions.{function.name}.options"
     if unknown:
@@ -381,7 +386,6 @@ def _check_option_defaults(function: Function, spec: HandlerSpec) -> None:
             f"{where}: the handler has no option {', '.join(map(repr, unknown))} (it has: {has})",
             spec.info,
         )
-    model = spec.cls.options_model
     given = {  # model field -> the key as written in the config
         (spec.options[key].field if key in spec.options else key): key for key in function.options
     }

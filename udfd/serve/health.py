@@ -60,6 +60,8 @@ def health_document(status: dict[str, Any]) -> tuple[int, dict[str, Any]]:
             "points_in": fn.get("points_in", 0),
             "points_out": fn.get("points_out", 0),
             "dropped": fn.get("dropped", 0),
+            "resource_loads": fn.get("resource_loads", 0),
+            "resource_hits": fn.get("resource_hits", 0),
             "errors": fn.get("handler_errors", 0) + fn.get("protocol_errors", 0),
             "last_error": fn.get("last_error", "") or None,
             "last_error_time": fn.get("last_error_time") or None,

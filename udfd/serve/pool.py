@@ -56,6 +56,8 @@ class WorkerHandle:
     loading: set[str] = field(default_factory=set)
     #: function -> the worker's last reported counters
     stats: dict[str, dict[str, Any]] = field(default_factory=dict)
+    #: what ``Context.shared`` holds in this worker (models loaded), as last reported
+    resources: list[dict[str, Any]] = field(default_factory=list)
     exit: str = ""
     #: connections sent but not yet acknowledged: id -> (function, socket, read-ahead bytes)
     untaken: dict[int, tuple[str, socket.socket, bytes]] = field(default_factory=dict)
@@ -74,6 +76,7 @@ class WorkerHandle:
             "connections": self.connections,
             "connections_total": self.connections_total,
             "started_at": self.started_at,
+            "resources": self.resources,
         }
 
 

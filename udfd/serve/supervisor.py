@@ -470,6 +470,7 @@ class Supervisor:
             worker.connections -= 1
         elif op == "stats":
             worker.stats.update(header["functions"])
+            worker.resources = header.get("resources", worker.resources)
         elif op == "loading":
             worker.loading.add(header["function"])
         elif op == "loaded":

@@ -45,6 +45,7 @@ from udfd.plugins.loader import Failed, discover, load_function
 from udfd.protocol.proto import udf_pb2 as pb
 from udfd.serve.channel import Channel, ChannelClosed
 from udfd.serve.runtime import Connections, FunctionRuntime
+from udfd.shared import PROCESS_RESOURCES
 
 __all__ = ["WorkerSpec", "run_worker"]
 
@@ -136,6 +137,7 @@ class _Worker:
             )
         self.connections = Connections()
         self._reported: dict[str, dict[str, Any]] = {}
+        self._reported_resources: list[dict[str, Any]] = []
         self._tg: anyio.abc.TaskGroup | None = None
         self._control_scope: anyio.CancelScope | None = None
 
@@ -264,8 +266,10 @@ class _Worker:
     async def _send_stats(self) -> None:
         current = {name: dataclasses.asdict(rt.stats) for name, rt in self.runtimes.items()}
         changed = {n: s for n, s in current.items() if self._reported.get(n) != s}
-        if not changed:
+        resources = PROCESS_RESOURCES.describe()
+        if not changed and resources == self._reported_resources:
             return
         with contextlib.suppress(ChannelClosed):
-            await self.channel.send({"op": "stats", "functions": changed})
+            await self.channel.send({"op": "stats", "functions": changed, "resources": resources})
             self._reported.update(changed)
+            self._reported_resources = resources
