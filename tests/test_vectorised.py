@@ -137,7 +137,7 @@ def test_a_failed_load_is_not_cached() -> None:
             raise OSError("file not there yet")
         return "model"
 
-    with pytest.raises(OSError):
+    with pytest.raises(OSError, match="not there yet"):
         shared.get("k", flaky)
     assert shared.get("k", flaky) == "model" and len(attempts) == 2
 
