@@ -115,12 +115,12 @@ async def test_train_a_classifier_from_csv(workdir: Path) -> None:
     rows[:, 0] += np.random.default_rng(3).normal(0, 2.0, len(rows))
     labels = np.where(rows[:, 0] < 20.0, "cold", np.where(rows[:, 0] > 22.5, "hot", "ok"))
     csv = workdir / "rooms.csv"
-    with open(csv, "w") as f:
-        f.write("time,measurement,temperature,humidity,pressure,comfort\n")
-        for i, (row, label) in enumerate(zip(rows, labels, strict=True)):
-            a, b, c = map(float, row)
-            f.write(f"{START + i},rooms,{a!r},{b!r},{c!r},{label}\n")
-        f.write(f"{START},rooms,21.0,,1013.0,ok\n")  # a missing feature: skipped
+    text = ["time,measurement,temperature,humidity,pressure,comfort"]
+    for i, (row, label) in enumerate(zip(rows, labels, strict=True)):
+        a, b, c = map(float, row)
+        text.append(f"{START + i},rooms,{a!r},{b!r},{c!r},{label}")
+    text.append(f"{START},rooms,21.0,,1013.0,ok")  # a missing feature: skipped
+    csv.write_text("\n".join(text) + "\n")
     common = [
         "--input",
         str(csv),
