@@ -346,7 +346,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         write_atomically(
             output.with_name(output.name + ".sha256"), f"{digest}  {output.name}\n".encode()
         )
-    except (TrainError, HistoryError, ValueError) as exc:
+    except (TrainError, HistoryError, ValueError, ImportError) as exc:
         print(f"udfd train {entry.name}: {exc}", file=sys.stderr)
         return EXIT_FAILED
     report(
