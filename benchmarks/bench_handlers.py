@@ -70,6 +70,52 @@ CASES = (
 )
 
 
+def model_cases(workdir: Path) -> list[Case]:
+    """The model handlers' rows: models fitted here on the driver's data (value = 0, 1, ...).
+
+    Skipped, with a line saying so, where udfd-ml's models extra is not installed.
+    """
+    try:
+        import numpy as np
+        from skl2onnx import to_onnx
+        from sklearn.ensemble import IsolationForest, RandomForestClassifier
+        from udfd_ml.models.iforest_onnx import isolation_forest_to_onnx
+    except ImportError as exc:
+        print(f"(model handlers skipped: {exc})")
+        return []
+    values = np.arange(0, 200_000, 7, dtype=np.float64).reshape(-1, 1)
+    forest = IsolationForest(n_estimators=100, random_state=0).fit(values)
+    forest_file = workdir / "forest.onnx"
+    forest_file.write_bytes(isolation_forest_to_onnx(forest, ["value"]))
+    labels = (values[:, 0] // 50_000).astype(int)
+    trees = RandomForestClassifier(n_estimators=50, max_depth=8, random_state=0).fit(values, labels)
+    converted = to_onnx(
+        trees,
+        values[:1].astype(np.float32),
+        options={id(trees): {"zipmap": False}},
+        target_opset={"": 17, "ai.onnx.ml": 3},
+    )
+    classifier_file = workdir / "classifier.onnx"
+    classifier_file.write_bytes(converted.SerializeToString())
+    forest_note = "100 trees, scored per chunk"
+    return [
+        Case("isolation_forest", "isolation_forest", {"model": str(forest_file)}, note=forest_note),
+        Case(
+            "isolation_forest_batch",
+            "isolation_forest_batch",
+            {"model": str(forest_file)},
+            batch=1000,
+            note="100 trees, batches of 1000",
+        ),
+        Case(
+            "classifier",
+            "classifier",
+            {"model": str(classifier_file), "field": "value", "probability": ()},
+            note="50 trees (ONNX), class + probability",
+        ),
+    ]
+
+
 def config(cases: Sequence[Case]) -> str:
     lines = ["workers = 1", 'shutdown_grace = "1s"']
     for case in cases:
@@ -135,8 +181,8 @@ def main() -> None:
     args = parser.parse_args()
     if args.short:
         args.points, args.runs = 20_000, 1
-    cases = [c for c in CASES if not args.only or c.name in args.only]
     workdir = Path(tempfile.mkdtemp(prefix="ubh-", dir="/tmp"))
+    cases = [c for c in (*CASES, *model_cases(workdir)) if not args.only or c.name in args.only]
     daemon = DaemonProcess(workdir, config(cases))
     try:
         daemon.wait_for(f"ready: {len(cases)} function(s) ready, 0 failed")
@@ -146,7 +192,7 @@ def main() -> None:
             f"driver: {'kdrive' if args.kdrive else 'benchmarks/driver.py'}"
         )
         header = ("handler", "points/s", "of mirror", "out", "ka p50 ms", "ka p99 ms", "gap ms")
-        widths = (19, 11, 10, 8, 10, 10, 8)
+        widths = (23, 11, 10, 8, 10, 10, 8)
         print(
             "".join(
                 f"{h:>{w}}" if i else f"{h:<{w}}"
@@ -160,12 +206,16 @@ def main() -> None:
             frames = batch_frames(args.points, case.batch) if case.batch else stream
             run = measure(daemon, case, args, frames)
             ceiling = ceiling or run.rate
+            note = case.note
+            if case.batch:
+                per_batch = run.seconds / max(run.points_in // case.batch, 1) * 1000
+                note += f"; {per_batch:.2f} ms per batch"
             row = (
-                f"{case.name:<19}{run.rate:>11,.0f}{run.rate / ceiling:>10.0%}"
+                f"{case.name:<23}{run.rate:>11,.0f}{run.rate / ceiling:>10.0%}"
                 f"{run.points_out:>8}{run.keepalive_pct(50):>10.2f}"
                 f"{run.keepalive_pct(99):>10.2f}{run.max_gap_ms:>8.1f}"
             )
-            print(f"{row}  {case.note}", flush=True)
+            print(f"{row}  {note}", flush=True)
     finally:
         daemon.stop()
         problems = [line for line in daemon.lines if " ERROR " in line or " WARNING " in line]

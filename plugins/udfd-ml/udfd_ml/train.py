@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import io
 import time
+from pathlib import Path
 from typing import Any
 
 from udfd.train.api import Dataset, Trained
@@ -226,7 +227,8 @@ class ClassifierTrainer:
             return Trained(_joblib_bytes(model), ".joblib", summary=summary)
         skl2onnx = require("skl2onnx")
         onnx = require("onnx")
-        from udfd_ml.models.loaded import session
+        from udfd_ml.models.files import ModelBytes
+        from udfd_ml.models.loaded import load_classifier
 
         converted = skl2onnx.to_onnx(
             model,
@@ -244,9 +246,10 @@ class ClassifierTrainer:
             },
         )
         payload: bytes = converted.SerializeToString()
-        sess = session(payload)
-        predicted = sess.run(None, {sess.get_inputs()[0].name: check_rows.astype(np.float32)})[0]
-        same = int((np.asarray(predicted).reshape(-1) == expected).sum())
+        # checked as the handler will serve it (ties resolved as scikit-learn does)
+        served = load_classifier(ModelBytes(Path("model.onnx"), payload, "", "onnx"))
+        predicted, _ = served.predict(check_rows, False)
+        same = int((np.asarray(predicted) == expected).sum())
         summary.append(
             ("check", f"ONNX predictions = scikit-learn's on {same:,} of {len(check_rows):,} rows")
         )
