@@ -59,7 +59,11 @@ handler = "classifier_batch"
 """
         (root / "d").mkdir()
         self.daemon = DaemonProcess(root / "d", config)
-        self.daemon.wait_for("ready: 2 function(s) ready, 0 failed", timeout=90)
+        try:
+            self.daemon.wait_for("ready: 2 function(s) ready, 0 failed", timeout=90)
+        except BaseException:
+            self.daemon.close()  # the fixture never gets to its teardown
+            raise
 
 
 @pytest.fixture(scope="module")

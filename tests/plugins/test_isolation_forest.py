@@ -64,7 +64,11 @@ handler = "isolation_forest"
 trusted_dirs = ["{self.trusted}"]
 """
         self.daemon = DaemonProcess(root / "d", config)
-        self.daemon.wait_for("ready: 3 function(s) ready, 0 failed", timeout=90)
+        try:
+            self.daemon.wait_for("ready: 3 function(s) ready, 0 failed", timeout=90)
+        except BaseException:
+            self.daemon.close()  # the fixture never gets to its teardown
+            raise
 
     def socket(self, name: str = "isolation_forest") -> Path:
         return self.daemon.socket(name)

@@ -86,15 +86,33 @@ def feature_row(point: Point, names: Sequence[str]) -> list[float]:
 def feature_matrix(
     points: Sequence[Point], names: Sequence[str], drop: Callable[[Point, Exception], None]
 ) -> tuple[Any, list[Point]]:
-    """A row per usable point, and those points; the others go to ``drop``."""
+    """A row per usable point, and those points; the others go to ``drop``.
+
+    The common case, every feature a float field, costs one ``get`` per feature;
+    ints, missing fields and wrong types take the careful path, and non-finite
+    values are found afterwards, for the whole matrix at once.
+    """
     rows: list[list[float]] = []
     kept: list[Point] = []
     for point in points:
-        try:
-            rows.append(feature_row(point, names))
-        except PointError as exc:
-            drop(point, exc)
-            continue
+        get = point.fieldsDouble.get
+        row = [get(name) for name in names]
+        if None in row:
+            try:
+                row = [get_number(point, name) for name in names]
+            except PointError as exc:
+                drop(point, exc)
+                continue
+        rows.append(row)  # type: ignore[arg-type]
         kept.append(point)
     matrix = np.array(rows, dtype=np.float64).reshape(len(rows), len(names))
+    finite = np.isfinite(matrix).all(axis=1)
+    if not finite.all():
+        for i in np.nonzero(~finite)[0].tolist():
+            try:
+                feature_row(kept[i], names)
+            except PointError as exc:
+                drop(kept[i], exc)
+        matrix = matrix[finite]
+        kept = [p for p, ok in zip(kept, finite.tolist(), strict=True) if ok]
     return matrix, kept
