@@ -108,7 +108,7 @@ def test_every_tickscript_calls_configured_functions_with_their_options() -> Non
     installed = discover()
     functions = {fn.name: fn for fn in resolve_functions(config, installed)}
     tasks = sorted((COMPOSE / "kapacitor" / "load" / "tasks").glob("*.tick"))
-    assert len(tasks) == 3
+    assert len(tasks) == 4
     called = set()
     for task in tasks:
         script = task.read_text()
@@ -134,6 +134,6 @@ def test_the_dashboard_reads_what_the_pipeline_writes() -> None:
         for m in re.findall(r'FROM "(\w+)"', t["query"])
     }  # fmt: skip
     assert read and read <= written, read - written
-    assert {"adsl_changes", "adsl_rate", "temperature_level"} <= read
+    assert {"adsl_changes", "adsl_rate", "temperature_level", "sensor_anomaly"} <= read
     demo = compose()["services"]["demo"]["command"]
     assert demo[0] == "demo" and demo[demo.index("--bucket") + 1] == "udfd/autogen"
