@@ -11,6 +11,7 @@ import os
 import pickle
 import shutil
 import socket
+import sys
 import time
 import urllib.request
 from collections.abc import Iterator
@@ -365,3 +366,54 @@ async def test_warm_up_fits_per_group_and_survives_snapshot_and_restore(served: 
         points=points(normal_rows(150, 9), "b", start=10**13),
     )
     assert len(resumed.points) == 50
+
+
+async def test_a_new_pinned_model_is_taken_on_reload_and_running_tasks_keep_theirs() -> None:
+    root = short_socket_dir("uir-")
+    old, new = fitted_forest(seed=60), fitted_forest(seed=61)
+    model = root / "sensors.onnx"
+    model.write_bytes(isolation_forest_to_onnx(old, FEATURES))
+
+    def config(data: bytes) -> str:
+        digest = hashlib.sha256(data).hexdigest()
+        return (
+            '[functions.sensors]\nhandler = "isolation_forest"\n'
+            f'[functions.sensors.options]\nmodel = "{model}"\nsha256 = "{digest}"\n'
+        )
+
+    (root / "d").mkdir()
+    daemon = DaemonProcess(root / "d", config(model.read_bytes()))
+    rows = normal_rows(40, 12)
+    try:
+        daemon.wait_for("ready: 1 function(s) ready, 0 failed", timeout=90)
+        async with connect(daemon.socket("sensors")) as running:
+            await running.info()
+            assert (await running.init({})).success
+            await running.send_points(points(rows[:20]))
+            # a new model lands on disk (atomically): the old pin refuses it
+            staged = root / ".sensors.tmp"
+            staged.write_bytes(isolation_forest_to_onnx(new, FEATURES))
+            staged.replace(model)
+            refused = await run_task(daemon.socket("sensors"), {})
+            assert not refused.init.success and "is pinned: refused" in refused.init.error
+            # the operator pins the new content and reloads
+            daemon.config.write_text(
+                daemon.config.read_text().split("[functions.sensors]")[0]
+                + config(model.read_bytes())
+            )
+            reloaded = await anyio.run_process(
+                [sys.executable, "-m", "udfd", "reload", "--config", str(daemon.config)],
+                check=False,
+            )
+            assert reloaded.returncode == 0, reloaded.stderr
+            fresh = await run_task(daemon.socket("sensors"), {}, points=points(rows))
+            await running.send_points(points(rows[20:], start=20 * 1_000_000_000))
+            kept = await running.finish()
+    finally:
+        daemon.close()
+        shutil.rmtree(root, ignore_errors=True)
+    assert fresh.init.success, fresh.init.error
+    assert np.max(np.abs(scores_of(fresh.points) + new.score_samples(rows))) < 1e-6
+    # the task that was running scored all its points with the model it had loaded
+    assert len(kept) == 40
+    assert np.max(np.abs(scores_of(list(kept)) + old.score_samples(rows))) < 1e-6
