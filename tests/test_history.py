@@ -79,3 +79,25 @@ def test_csv_cells_are_typed_one_by_one(tmp_path: Path) -> None:
     bad.write_text("time,v\nyesterday,1\n")
     with pytest.raises(HistoryError, match=r"bad\.csv:2: time 'yesterday'"):
         list(read_csv(bad))
+
+
+def test_double_backslashes_numbers_and_precisions_as_influxdb_reads_them() -> None:
+    assert parse_line(r"win,path=C:\\,host=a value=1").tags == {"path": "C:\\", "host": "a"}
+    assert parse_line(r"win,path=C:\\ value=1 10").time == 10
+    for bad in ("m v=nan", "m v=inf", "m v=1_000", "m v=+5i", "m v=0x10"):
+        with pytest.raises(LineProtocolError, match="invalid field value"):
+            parse_line(bad)
+    with pytest.raises(LineProtocolError, match="invalid timestamp"):
+        parse_line("m v=1 1_000")
+    (row,) = parse_lines(["   m v=.5e1 2"], precision="h")
+    assert row.fields == {"v": 5.0} and row.time == 2 * 3_600_000_000_000
+
+
+def test_rows_with_a_non_finite_feature_are_skipped_and_counted(tmp_path: Path) -> None:
+    from udfd.train.command import build_dataset
+
+    path = tmp_path / "d.csv"
+    path.write_text("time,a,b\n1,1.0,2.0\n2,nan,2.0\n3,1.5,inf\n4,2.0,\n5,3.0,4.0\n")
+    data = build_dataset(read_csv(path), ["a", "b"], None, "")
+    assert data.rows == [[1.0, 2.0], [3.0, 4.0]] and data.read == 5
+    assert data.skipped == {"a not finite": 1, "b not finite": 1, "missing a feature": 1}

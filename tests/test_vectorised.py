@@ -12,7 +12,18 @@ from typing import Annotated, Any, ClassVar
 import pytest
 from pydantic import Field
 
-from udfd import ConfigOnly, Handler, Options, Output, Point, PointError, get_number, set_field
+from udfd import (
+    ConfigOnly,
+    Handler,
+    Options,
+    Output,
+    Point,
+    PointError,
+    TaskError,
+    get_number,
+    set_field,
+)
+from udfd.engine.limits import Limits
 from udfd.errors import HandlerDefinitionError
 from udfd.handler import MAX_POINTS_CALL, BatchHandler, inspect_handler
 from udfd.protocol.client import connect
@@ -166,3 +177,59 @@ async def test_config_only_options_are_not_in_info_and_cannot_be_set_by_a_task()
         run = await run_task(site.path, {"size": 2}, points=[point(1)])
     assert not refused.init.success and "unknown option 'trusted_dirs'" in refused.init.error
     assert run.points[0].fieldsString["dirs"] == "/srv/models"
+
+
+class DropsThenFails(Handler):
+    def points(self, points: list[Point]) -> Output:
+        for p in points[:3]:
+            self.context.drop(p, PointError("not this one"))
+        raise RuntimeError("and then the model failed")
+
+
+class StopsTheTask(Handler):
+    def points(self, points: list[Point]) -> Output:
+        raise TaskError("sensor table is gone")
+
+
+async def test_a_lost_run_counts_each_of_its_points_once() -> None:
+    async with (
+        serve_handler(DropsThenFails, error_policy="drop") as site,
+        connect(site.path) as client,
+    ):
+        await client.info()
+        assert (await client.init({})).success
+        await client.send_points([point(i) for i in range(10)])
+        await client.keepalive()  # after the run: the ten points are handled
+        await client.finish()
+    assert site.stats.points_in == 10 and site.stats.dropped == 10
+    async with serve_handler(StopsTheTask, error_policy="drop") as site:
+        run = await run_task(site.path, points=[point(i) for i in range(10)])
+    assert any("sensor table is gone" in e for e in run.errors)
+    assert site.stats.dropped == 0  # the task stopped: nothing was dropped and carried on
+
+
+class LongLoop(Handler):
+    """One call of ~1.5 s in short steps, each reported with context.progressed()."""
+
+    def points(self, points: list[Point]) -> Output:
+        for _ in range(30):
+            time.sleep(0.05)
+            self.context.progressed()
+        return points
+
+
+async def test_a_long_call_that_reports_progress_is_not_ended() -> None:
+    limits = Limits(handler_timeout=0.5, slow_call=0.3)
+    async with serve_handler(LongLoop, limits=limits) as site:
+        run = await run_task(site.path, points=[point(1)])
+    assert run.errors == [] and [p.time for p in run.points] == [1]
+    assert site.stats.handler_timeouts == 0
+
+
+def test_a_new_version_under_one_name_retires_the_old_entry() -> None:
+    shared = SharedResources()
+    first = shared.get(("model", "v1"), lambda: "one", replaces="path")
+    second = shared.get(("model", "v2"), lambda: "two", replaces="path")
+    other = shared.get(("model", "x"), lambda: "other", replaces="elsewhere")
+    assert (first, second, other) == ("one", "two", "other")
+    assert sorted(str(e.key) for e in shared.entries()) == ["('model', 'v2')", "('model', 'x')"]

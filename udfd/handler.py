@@ -16,7 +16,7 @@ from __future__ import annotations
 import enum
 import inspect
 import logging
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Generic, TypeAlias, TypeVar, cast, get_args, get_origin
 
@@ -88,6 +88,13 @@ class Context:
     #: Objects loaded once per worker process and shared by its connections
     #: (models, tables): ``context.shared.get(key, load)``; see :mod:`udfd.shared`.
     shared: SharedView = field(default_factory=lambda: SharedView(PROCESS_RESOURCES))
+    #: Thread-safe, for one long call that loops (fitting one model per group, say):
+    #: tell udfd's watchdog the handler is moving, so the call is neither logged as
+    #: stuck nor ended by ``handler_timeout`` while each step is short.
+    progressed: Callable[[], None] = _no_flush
+    #: The option defaults from the function's config (``[functions.NAME.options]``), as
+    #: written there: lets a handler tell what the operator set from what a task set.
+    config_options: Mapping[str, Any] = field(default_factory=dict)
 
 
 CALLBACKS = (

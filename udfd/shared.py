@@ -18,6 +18,12 @@ the new content instead of getting a stale object.
 
 Failures are not cached: a load that raised is retried by the next caller, so
 a file fixed on disk works for the next task without a restart.
+
+``replaces`` bounds what a worker keeps when content changes under one name: a
+model retrained every hour would otherwise add an entry per version. Loading a
+key with ``replaces=G`` forgets the older entries of group G (say, the file's
+path). Connections that hold the old object keep using it, and it is freed when
+they end.
 """
 
 from __future__ import annotations
@@ -37,6 +43,7 @@ class Entry:
 
     key: Hashable
     label: str
+    group: Hashable = None
     value: Any = None
     loaded: bool = False
     load_seconds: float = 0.0
@@ -62,6 +69,7 @@ class SharedResources:
         load: Callable[[], T],
         *,
         label: str = "",
+        replaces: Hashable = None,
         on_load: Callable[[], None] | None = None,
         on_hit: Callable[[], None] | None = None,
     ) -> T:
@@ -93,8 +101,13 @@ class SharedResources:
                 return entry.value  # type: ignore[union-attr, no-any-return]
             started = time.perf_counter()
             value = load()  # raising leaves nothing cached: the next caller retries
-            entry = Entry(key, label or repr(key), value, True, time.perf_counter() - started)
+            entry = Entry(
+                key, label or repr(key), replaces, value, True, time.perf_counter() - started
+            )
             with self._lock:
+                if replaces is not None:
+                    for old in [k for k, e in self._entries.items() if e.group == replaces]:
+                        del self._entries[old]
                 self._entries[key] = entry
                 self._loading.pop(key, None)
                 self.loads += 1
@@ -133,8 +146,15 @@ class SharedView:
         self._count_load = count_load
         self._count_hit = count_hit
 
-    def get(self, key: Hashable, load: Callable[[], T], *, label: str = "") -> T:
+    def get(
+        self, key: Hashable, load: Callable[[], T], *, label: str = "", replaces: Hashable = None
+    ) -> T:
         """The shared object for ``key``; see :class:`SharedResources`."""
         return self._resources.get(
-            key, load, label=label, on_load=self._count_load, on_hit=self._count_hit
+            key,
+            load,
+            label=label,
+            replaces=replaces,
+            on_load=self._count_load,
+            on_hit=self._count_hit,
         )

@@ -417,3 +417,72 @@ async def test_a_new_pinned_model_is_taken_on_reload_and_running_tasks_keep_thei
     # the task that was running scored all its points with the model it had loaded
     assert len(kept) == 40
     assert np.max(np.abs(scores_of(list(kept)) + old.score_samples(rows))) < 1e-6
+
+
+async def test_trust_covers_every_directory_below_the_trusted_one_and_the_owner(
+    served: Served,
+) -> None:
+    socket_path = served.socket("trusted_forest")
+    shared = served.trusted / "shared"
+    team = shared / "team"
+    team.mkdir(parents=True)
+    os.chmod(shared, 0o777)  # anyone may rename team/ away and put their own in its place
+    model = team / "sensors.pkl"
+    model.write_bytes(pickle.dumps(served.forest))
+    os.chmod(model, 0o644)
+    options = {"model": str(model), "field": FEATURES}
+    try:
+        deep = await run_task(socket_path, options)
+    finally:
+        os.chmod(shared, 0o755)
+    assert not deep.init.success and f"{str(shared)!r} is writable" in deep.init.error
+    os.chown(model, 4321, 4321)  # someone else's file can be rewritten by them
+    try:
+        foreign = await run_task(socket_path, options)
+    finally:
+        os.chown(model, 0, 0)
+    assert not foreign.init.success and "belongs to uid 4321" in foreign.init.error
+    ok = await run_task(socket_path, options, points=points(normal_rows(5, 1)))
+    assert ok.init.success, ok.init.error
+
+
+async def test_a_fifo_under_a_models_name_is_refused_at_once(served: Served) -> None:
+    fifo = served.models / "pipe.onnx"
+    os.mkfifo(fifo)
+    started = time.monotonic()
+    with anyio.fail_after(10):  # open() would block forever without O_NONBLOCK
+        run = await run_task(served.socket(), {"model": str(fifo)})
+    assert not run.init.success and "is not a regular file" in run.init.error
+    print(f"\nFIFO refused in {(time.monotonic() - started) * 1000:.0f} ms")
+
+
+async def test_task_pins_can_be_left_to_the_config(workdir: Path) -> None:
+    forest = fitted_forest(seed=70)
+    model = workdir / "sensors.pkl"
+    model.write_bytes(pickle.dumps(forest))
+    digest = hashlib.sha256(model.read_bytes()).hexdigest()
+    config = f"""
+[functions.strict]
+handler = "isolation_forest"
+[functions.strict.options]
+task_pins = false
+[functions.pinned]
+handler = "isolation_forest"
+[functions.pinned.options]
+task_pins = false
+model = "{model}"
+sha256 = "{digest}"
+field = {json.dumps(FEATURES)}
+"""
+    (workdir / "d").mkdir()
+    daemon = DaemonProcess(workdir / "d", config)
+    try:
+        daemon.wait_for("ready: 2 function(s) ready, 0 failed", timeout=90)
+        by_task = await run_task(
+            daemon.socket("strict"), {"model": str(model), "sha256": digest, "field": FEATURES}
+        )
+        by_config = await run_task(daemon.socket("pinned"), {}, points=points(normal_rows(5, 2)))
+    finally:
+        daemon.close()
+    assert not by_task.init.success and "task_pins = false" in by_task.init.error
+    assert by_config.init.success, by_config.init.error

@@ -371,11 +371,12 @@ def test_train_over_flux_against_a_stand_in_query_endpoint(workdir: Path, fake_f
 
 def test_flux_records_without_pivot_are_joined_into_points(fake_flux: str) -> None:
     lines = []
-    for t in range(3):
-        for field, value in (("temperature", 20.0 + t), ("humidity", 40.0 + t)):
+    # as InfluxDB answers: each field (and each series) in a table of its own
+    for table, (field, base) in enumerate((("temperature", 20.0), ("humidity", 40.0))):
+        for t in range(3):
             lines.append(
-                f",,0,2026-01-01T00:00:00Z,2026-12-01T00:00:00Z,2026-06-01T00:00:0{t}Z,{value},"
-                f"{field},sensors,s1"
+                f",,{table},2026-01-01T00:00:00Z,2026-12-01T00:00:00Z,2026-06-01T00:00:0{t}Z,"
+                f"{base + t},{field},sensors,s1"
             )
     FakeQueryAPI.body = UNPIVOTED_HEADER + "\n".join(lines) + "\n\n"
     rows = list(flux_rows(fake_flux, 'from(bucket: "b")', token="secret-token", org="o"))

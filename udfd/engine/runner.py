@@ -20,6 +20,7 @@ import math
 import threading
 import time
 from collections.abc import Callable, Coroutine, Mapping
+from types import MappingProxyType
 from typing import Any
 
 import anyio
@@ -433,29 +434,45 @@ class Runner:
         except (ProtocolError, DecodeError) as exc:
             raise protocol_fatal(exc) from None
         self.tally.points_in += len(run)
+        dropped_before = self.tally.dropped
         try:
             self.out.add(handler.points(run))
         except OutputTypeError as exc:
+            lost = self._policy is ErrorPolicy.DROP
             self._bad_output(exc, "points", run[0] if run else None)
+            if lost:  # the whole run's output is gone, minus what drop() already counted
+                self._count_lost_run(run, dropped_before)
         except OutputError as exc:
             raise Fatal(f"{self._function}: invalid handler output: {exc}") from None
         except (ProtocolError, Fatal):
             raise
         except HANDLER_FAILURES as exc:
-            self._failed_run(exc, run)
+            self._failed_run(exc, run, dropped_before)
         finally:
             self.progress += i - start
         self._tick()
         return i
 
-    def _failed_run(self, exc: BaseException, run: list[pb.Point]) -> None:
+    def _failed_run(self, exc: BaseException, run: list[pb.Point], dropped_before: int) -> None:
         """``points()`` raised: the error policy applies to the run as a whole."""
-        if isinstance(exc, PointError) or (
-            self._policy is ErrorPolicy.DROP and isinstance(exc, Exception)
-        ):
-            # every point of the run is lost, and counted as such
-            self.tally.dropped += max(len(run) - 1, 0)
+        lost = isinstance(exc, PointError) or (
+            self._policy is ErrorPolicy.DROP
+            and isinstance(exc, Exception)
+            and not isinstance(exc, TaskError)
+        )
         self._handler_exception(exc, wire.POINT, run[0] if run else None)
+        if lost:
+            self._count_lost_run(run, dropped_before)
+
+    def _count_lost_run(self, run: list[pb.Point], dropped_before: int) -> None:
+        """Count every point of a lost run exactly once: the handler may have reported
+        some with ``context.drop`` already, and the policy counted one."""
+        already = self.tally.dropped - dropped_before
+        self.tally.dropped += max(len(run) - already, 0)
+
+    def _progressed(self) -> None:
+        """``Context.progressed``: a step of a long call (one integer store)."""
+        self.progress += 1
 
     def _drop_point(self, point: pb.Point, error: Exception) -> None:
         """``Context.drop``: one point a ``points()`` call could not handle."""
@@ -725,6 +742,8 @@ class Runner:
             None if self.out.provides_batch else self.out.add_stream_frame,
             drop=self._drop_point,
             shared=SharedView(PROCESS_RESOURCES, self.tally.count_load, self.tally.count_hit),
+            progressed=self._progressed,
+            config_options=MappingProxyType(self._defaults),
         )
         try:
             handler = await self._call(spec.cls, options, context)

@@ -21,6 +21,8 @@ from udfd.history.rows import FieldValue, HistoryError, Row
 
 #: columns every Flux table carries that are neither tags nor fields
 _META = frozenset({"result", "table", "_start", "_stop", "_time", "_measurement"})
+#: columns that differ between the records of one point's fields
+_PER_FIELD = frozenset({"result", "table", "_field", "_value"})
 
 
 def _quote(text: str) -> str:
@@ -77,15 +79,18 @@ def flux_rows(
     if token is None:
         raise HistoryError("Flux needs --token (2.x) or --username/--password (1.8)")
     client = InfluxDBClient(url=url, token=token, org=org or "-", timeout=int(timeout * 1000))
-    pending: dict[tuple[int, Any], dict[str, Any]] = {}
+    pending: dict[tuple[tuple[str, str], ...], dict[str, Any]] = {}
     count = 0
     try:
         with client:
             for record in client.query_api().query_stream(query, org=org or "-"):
                 values = dict(record.values)
                 if "_field" in values and "_value" in values:
-                    # not pivoted: one record per field value; join them by table and time
-                    key = (record.table, values.get("_time"))
+                    # not pivoted: one record per field value, each field in a table of its
+                    # own; a point is what shares measurement, tags and time
+                    key = tuple(
+                        sorted((k, str(v)) for k, v in values.items() if k not in _PER_FIELD)
+                    )
                     joined = pending.setdefault(
                         key, {k: v for k, v in values.items() if k not in ("_field", "_value")}
                     )

@@ -11,6 +11,7 @@ Plain stdlib HTTP: the 1.x API is simple, and influxdb-client speaks only 2.x's.
 from __future__ import annotations
 
 import base64
+import http.client
 import json
 import urllib.error
 import urllib.parse
@@ -66,26 +67,33 @@ def influxql_rows(
     except (urllib.error.URLError, OSError) as exc:
         reason = getattr(exc, "reason", exc)
         raise HistoryError(f"InfluxDB at {url}: cannot connect: {reason}") from None
-    with response:
-        for line in response:
-            if not line.strip():
-                continue
-            try:
-                chunk = json.loads(line)
-            except ValueError:
-                raise HistoryError(f"InfluxDB at {url}: not a JSON chunk: {line[:200]!r}") from None
-            if chunk.get("error"):
-                raise HistoryError(f"InfluxDB at {url}: {chunk['error']}")
-            count = 0
-            for result in chunk.get("results", []):
-                if result.get("error"):
-                    raise HistoryError(f"InfluxDB at {url}: {result['error']}")
-                for series in result.get("series", []):
-                    for row in _series_rows(series):
-                        count += 1
-                        yield row
-            if on_chunk is not None:
-                on_chunk(count)
+    try:
+        with response:
+            yield from _chunks(response, url, on_chunk)
+    except (OSError, http.client.HTTPException) as exc:  # the stream broke off midway
+        raise HistoryError(f"InfluxDB at {url}: reading the answer failed: {exc}") from None
+
+
+def _chunks(response: Any, url: str, on_chunk: Callable[[int], None] | None) -> Iterator[Row]:
+    for line in response:
+        if not line.strip():
+            continue
+        try:
+            chunk = json.loads(line)
+        except ValueError:
+            raise HistoryError(f"InfluxDB at {url}: not a JSON chunk: {line[:200]!r}") from None
+        if chunk.get("error"):
+            raise HistoryError(f"InfluxDB at {url}: {chunk['error']}")
+        count = 0
+        for result in chunk.get("results", []):
+            if result.get("error"):
+                raise HistoryError(f"InfluxDB at {url}: {result['error']}")
+            for series in result.get("series", []):
+                for row in _series_rows(series):
+                    count += 1
+                    yield row
+        if on_chunk is not None:
+            on_chunk(count)
 
 
 def _series_rows(series: dict[str, Any]) -> Iterator[Row]:

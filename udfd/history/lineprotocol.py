@@ -6,19 +6,34 @@ The grammar, per InfluxDB's reference: ``measurement[,tag=value...] field=value[
 backslash; in tag keys, tag values and field keys, commas, equals signs and
 spaces are. Field values are floats (``1``, ``-1.5e3``), integers (``1i``),
 unsigned integers (``1u``), booleans (``t``, ``true``, ``F``, ``FALSE``, ...) or
-double-quoted strings in which ``\\"`` and ``\\\\`` are escaped. A backslash
-before any other character is literal. The timestamp is an integer in the
-given precision (nanoseconds by default).
+double-quoted strings in which ``\\"`` and ``\\\\`` are escaped. Two backslashes
+are one everywhere; a backslash before any other character is literal. Numbers
+are what the reference allows: no ``nan``, ``inf`` or digit separators. The
+timestamp is an integer in the given precision (nanoseconds by default).
+A string field value that spans lines is not supported (the line ends there).
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 from udfd.history.rows import FieldValue, HistoryError, Row
 
-PRECISIONS = {"ns": 1, "us": 1_000, "u": 1_000, "ms": 1_000_000, "s": 1_000_000_000}
+PRECISIONS = {
+    "ns": 1,
+    "n": 1,
+    "us": 1_000,
+    "u": 1_000,
+    "ms": 1_000_000,
+    "s": 1_000_000_000,
+    "m": 60_000_000_000,
+    "h": 3_600_000_000_000,
+}
+_FLOAT = re.compile(r"-?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?")
+_INT = re.compile(r"-?\d+")
+_UINT = re.compile(r"\d+")
 _TRUE = frozenset({"t", "T", "true", "True", "TRUE"})
 _FALSE = frozenset({"f", "F", "false", "False", "FALSE"})
 
@@ -36,7 +51,7 @@ def _scan(line: str, start: int, stops: str, escapes: str = ",= ") -> tuple[str,
     n = len(line)
     while i < n:
         c = line[i]
-        if c == "\\" and i + 1 < n and line[i + 1] in escapes:
+        if c == "\\" and i + 1 < n and (line[i + 1] in escapes or line[i + 1] == "\\"):
             out.append(line[i + 1])
             i += 2
             continue
@@ -72,15 +87,16 @@ def _number_or_bool(text: str) -> FieldValue:
         return True
     if text in _FALSE:
         return False
-    try:
-        if text[-1] in "iu":
-            value = int(text[:-1])
-            if text[-1] == "u" and value < 0:
-                raise LineProtocolError(f"unsigned field value {text!r} is negative")
-            return value
+    digits, suffix = text[:-1], text[-1]
+    if suffix == "i" and _INT.fullmatch(digits):
+        return int(digits)
+    if suffix == "u" and _UINT.fullmatch(digits):
+        return int(digits)
+    if suffix == "u" and _INT.fullmatch(digits):
+        raise LineProtocolError(f"unsigned field value {text!r} is negative")
+    if _FLOAT.fullmatch(text):
         return float(text)
-    except ValueError:
-        raise LineProtocolError(f"invalid field value {text!r}") from None
+    raise LineProtocolError(f"invalid field value {text!r}")
 
 
 def parse_line(line: str, precision: str = "ns") -> Row:
@@ -122,20 +138,19 @@ def parse_line(line: str, precision: str = "ns") -> Row:
     rest = line[i:].strip()
     time = None
     if rest:
-        try:
-            time = int(rest) * PRECISIONS[precision]
-        except ValueError:
-            raise LineProtocolError(f"invalid timestamp {rest!r}") from None
+        if not _INT.fullmatch(rest):
+            raise LineProtocolError(f"invalid timestamp {rest!r}")
+        time = int(rest) * PRECISIONS[precision]
     return Row(measurement, fields, tags, time)
 
 
 def parse_lines(lines: Iterable[str], precision: str = "ns", where: str = "") -> Iterator[Row]:
     """Every point of ``lines``; blank lines and ``#`` comments are skipped."""
     if precision not in PRECISIONS:
-        raise LineProtocolError(f"unknown precision {precision!r} (ns, us, ms or s)")
+        raise LineProtocolError(f"unknown precision {precision!r} ({', '.join(PRECISIONS)})")
     for number, raw in enumerate(lines, 1):
-        line = raw.rstrip("\r\n")
-        if not line.strip() or line.lstrip().startswith("#"):
+        line = raw.rstrip("\r\n").lstrip(" \t")
+        if not line.strip() or line.startswith("#"):
             continue
         try:
             yield parse_line(line, precision)

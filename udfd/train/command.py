@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import math
 import os
 import re
 import sys
@@ -216,6 +217,9 @@ def build_dataset(
                 reason = "missing a feature" if value is None else f"{name} not numeric"
                 skipped[reason] = skipped.get(reason, 0) + 1
                 break
+            if not math.isfinite(value):  # a CSV's "nan", a 1.x export's +Inf
+                skipped[f"{name} not finite"] = skipped.get(f"{name} not finite", 0) + 1
+                break
             values.append(float(value))
         else:
             if label is not None:
@@ -348,6 +352,10 @@ def cmd_train(args: argparse.Namespace) -> int:
         )
     except (TrainError, HistoryError, ValueError, ImportError) as exc:
         print(f"udfd train {entry.name}: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    except OSError as exc:  # writing the model (a read error is a HistoryError)
+        where = f": {exc.filename}" if exc.filename else ""
+        print(f"udfd train {entry.name}: {exc.strerror or exc}{where}", file=sys.stderr)
         return EXIT_FAILED
     report(
         sys.stdout,

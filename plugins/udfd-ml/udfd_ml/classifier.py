@@ -50,8 +50,12 @@ class ClassifierOptions(Options):
     probability: Flag = False
     #: ... as this field.
     probability_field: str = Field("probability", alias="probabilityField", min_length=1)
-    #: config only: directories whose pickles are trusted without a pin.
+    #: config only: directories whose pickles are trusted without a pin ...
     trusted_dirs: Annotated[list[str], ConfigOnly] = Field(default_factory=list)
+    #: ... and whether a TICKscript's .sha256() may authorise a pickle (false: only a pin
+    #: in the config does; whoever may define tasks could otherwise load any pickle
+    #: udfd can read).
+    task_pins: Annotated[bool, ConfigOnly] = True
 
     @field_validator("field", mode="before")
     @classmethod
@@ -93,7 +97,12 @@ class _Predictor:
         self.options = options
         self.context = handler.context
         self.model: ClassifierModel = shared_model(
-            self.context, "classifier", options.model, options.sha256, options.trusted_dirs
+            self.context,
+            "classifier",
+            options.model,
+            options.sha256,
+            options.trusted_dirs,
+            options.task_pins,
         )
         self.features = resolve_features(options.field, self.model)
         if options.probability and not self.model.has_probability:

@@ -61,11 +61,11 @@ class IsolationForestOptions(Options):
     #: ... pinned to this content (required for pickles outside trusted_dirs).
     sha256: str | None = None
     #: ``.warmup(1000)``: or fit each group's own forest on its first N points.
-    warmup: int | None = Field(None, ge=8, le=1_000_000)
+    warmup: int | None = Field(None, ge=8, le=100_000)
     #: warm-up: number of trees ...
-    trees: int = Field(100, ge=1, le=2000)
+    trees: int = Field(100, ge=1, le=1000)
     #: ... points each tree is grown from (scikit-learn's max_samples) ...
-    samples: int = Field(256, ge=2)
+    samples: int = Field(256, ge=2, le=100_000)
     #: ... expected share of anomalies, which sets the threshold (default: 'auto', 0.5) ...
     contamination: float | None = Field(None, gt=0.0, le=0.5)
     #: ... and the random seed (a restore refits with it: same points, same forest).
@@ -77,8 +77,12 @@ class IsolationForestOptions(Options):
     #: ``.scoreField('anomaly_score')`` and ``.anomalyField('anomaly')``: output names.
     score_field: str = Field("anomaly_score", alias="scoreField", min_length=1)
     anomaly_field: str = Field("anomaly", alias="anomalyField", min_length=1)
-    #: config only: directories whose pickles are trusted without a pin.
+    #: config only: directories whose pickles are trusted without a pin ...
     trusted_dirs: Annotated[list[str], ConfigOnly] = Field(default_factory=list)
+    #: ... and whether a TICKscript's .sha256() may authorise a pickle (false: only a pin
+    #: in the config does; whoever may define tasks could otherwise load any pickle
+    #: udfd can read).
+    task_pins: Annotated[bool, ConfigOnly] = True
 
     @field_validator("field", mode="before")
     @classmethod
@@ -144,7 +148,12 @@ class _Detector:
         if options.model is None:
             return
         self.model = shared_model(
-            self.context, "anomaly", options.model, options.sha256, options.trusted_dirs
+            self.context,
+            "anomaly",
+            options.model,
+            options.sha256,
+            options.trusted_dirs,
+            options.task_pins,
         )
         self.features = resolve_features(options.field, self.model)
 
@@ -164,6 +173,7 @@ class _Detector:
             random_state=options.seed,
         ).fit(np.asarray(sample, dtype=np.float64))
         model = anomaly_model_from_forest(forest, self.features, "warm-up")
+        self.context.progressed()  # a restore or a chunk may fit many groups in one call
         self.context.logger.info(
             "isolation_forest: %s forest fitted on %d points in %.2fs (threshold %.4f)",
             why,

@@ -14,7 +14,7 @@ from typing import Any, Literal
 
 from udfd import Context, FieldTypeError, InitFailed, Point, PointError, get_number
 
-from udfd_ml.models.files import read_model
+from udfd_ml.models.files import normalise_sha256, read_model
 from udfd_ml.models.loaded import (
     AnomalyModel,
     ClassifierModel,
@@ -34,6 +34,7 @@ def shared_model(
     name: str,
     sha256: str | None,
     trusted_dirs: Sequence[str],
+    task_pins: bool = True,
 ) -> Any:
     """The model in file ``name``, loaded once per worker for all connections.
 
@@ -42,14 +43,28 @@ def shared_model(
     replaced gets the new model, and a pin is checked against what is really
     there. Parsing, the slow part, happens once per content and worker.
     """
-    model = read_model(name, sha256=sha256, trusted_dirs=trusted_dirs)
+    configured = context.config_options.get("sha256")
+    try:
+        pin_from_config = configured is not None and normalise_sha256(str(configured)) == sha256
+    except ValueError:
+        pin_from_config = False
+    model = read_model(
+        name,
+        sha256=sha256,
+        trusted_dirs=trusted_dirs,
+        pin_from_config=pin_from_config,
+        task_pins=task_pins,
+    )
     load: Callable[[], Any] = (
         (lambda: load_anomaly_model(model))
         if kind == "anomaly"
         else (lambda: load_classifier(model))
     )
     return context.shared.get(
-        (kind, model.sha256), load, label=f"{kind} {model.path} sha256:{model.sha256[:16]}"
+        (kind, model.sha256),
+        load,
+        label=f"{kind} {model.path} sha256:{model.sha256[:16]}",
+        replaces=(kind, str(model.path)),  # a new version of a file retires the old one
     )
 
 

@@ -19,11 +19,12 @@ files atomically, as ``udfd train`` does: write a temporary file, then rename.)
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import os
 import stat
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -69,29 +70,65 @@ def model_format(path: Path) -> Format:
     )
 
 
-def read_stable(path: Path) -> bytes:
-    """The file's whole content, from a read during which it did not change."""
+_OPEN_FILE = os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW | os.O_CLOEXEC
+_OPEN_DIR = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+
+
+def _opened(path: Path, how: Callable[[], int]) -> int:
+    """``how()``'s descriptor, with the reasons a user can act on as ModelRefused."""
+    try:
+        return how()
+    except FileNotFoundError:
+        raise ModelRefused(f"model {str(path)!r} does not exist") from None
+    except PermissionError:
+        raise ModelRefused(
+            f"model {str(path)!r} cannot be read by udfd (permission denied)"
+        ) from None
+    except NotADirectoryError:
+        raise ModelRefused(f"model {str(path)!r}: a part of the path is not a directory") from None
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:  # O_NOFOLLOW met a symlink put there after resolving
+            raise ModelRefused(f"model {str(path)!r} turned into a symlink: refused") from None
+        raise ModelRefused(f"model {str(path)!r} cannot be opened: {exc.strerror}") from None
+
+
+def _read_whole(fd: int, path: Path) -> bytes | None:
+    """The content of the regular file ``fd``, or None if it changed while being read.
+
+    Opened non-blocking, so a FIFO or a device under a model's name is refused at
+    the fstat instead of blocking the handler thread forever in open().
+    """
+    before = os.fstat(fd)
+    if stat.S_ISDIR(before.st_mode):
+        raise ModelRefused(f"model {str(path)!r} is a directory")
+    if not stat.S_ISREG(before.st_mode):
+        raise ModelRefused(f"model {str(path)!r} is not a regular file")
+    chunks = []
+    while True:
+        chunk = os.read(fd, 1 << 20)
+        if not chunk:
+            break
+        chunks.append(chunk)
+    data = b"".join(chunks)
+    after = os.fstat(fd)
+    if (before.st_size, before.st_mtime_ns) != (after.st_size, after.st_mtime_ns):
+        return None
+    return data if len(data) == after.st_size else None
+
+
+def read_stable(path: Path, opener: Callable[[], int] | None = None) -> bytes:
+    """The file's whole content, from a read during which it did not change.
+
+    The name may be pointed at a new file (an atomic replace) meanwhile: that is
+    fine, what was read is one whole version. A file written in place is read again.
+    """
     for _ in range(READ_ATTEMPTS):
+        fd = _opened(path, opener or (lambda: os.open(path, _OPEN_FILE)))
         try:
-            with open(path, "rb") as f:
-                before = os.fstat(f.fileno())
-                if not stat.S_ISREG(before.st_mode):
-                    raise ModelRefused(f"model {str(path)!r} is not a regular file")
-                data = f.read()
-                after = os.fstat(f.fileno())
-            # the name may have been pointed at a new file (an atomic replace) meanwhile:
-            # that is fine, what was read is one whole version
-        except FileNotFoundError:
-            raise ModelRefused(f"model {str(path)!r} does not exist") from None
-        except PermissionError:
-            raise ModelRefused(
-                f"model {str(path)!r} cannot be read by udfd (permission denied)"
-            ) from None
-        except IsADirectoryError:
-            raise ModelRefused(f"model {str(path)!r} is a directory") from None
-        if (before.st_size, before.st_mtime_ns) == (after.st_size, after.st_mtime_ns) and len(
-            data
-        ) == after.st_size:
+            data = _read_whole(fd, path)
+        finally:
+            os.close(fd)
+        if data is not None:
             return data
         time.sleep(0.05)  # being written in place: wait for the writer
     raise ModelRefused(
@@ -107,14 +144,55 @@ def _inside(path: Path, directory: Path) -> bool:
 def _trusted_dir(path: Path, trusted_dirs: Sequence[str]) -> Path | None:
     for entry in trusted_dirs:
         directory = Path(entry).expanduser().resolve()
-        if _inside(path, directory):
+        if _inside(path, directory) and path != directory:
             return directory
     return None
 
 
-def _writable_by_others(path: Path) -> bool:
-    mode = path.stat().st_mode
-    return bool(mode & (stat.S_IWOTH | stat.S_IWGRP))
+def _check_owner_and_mode(fd: int, where: Path, path: Path) -> None:
+    """Nobody but root and udfd's own user may be able to change what ``fd`` is."""
+    st = os.fstat(fd)
+    if st.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
+        raise ModelRefused(
+            f"model {str(path)!r}: {str(where)!r} is writable by group or others, so anyone "
+            "there could swap the pickle: refused even in a trusted directory"
+        )
+    if st.st_uid not in (0, os.geteuid()):
+        raise ModelRefused(
+            f"model {str(path)!r}: {str(where)!r} belongs to uid {st.st_uid}, neither root nor "
+            "udfd's user, who could swap the pickle: refused even in a trusted directory"
+        )
+
+
+def _trusted_opener(path: Path, root: Path) -> Callable[[], int]:
+    """Open ``path`` by walking down from ``root``, checking every directory on the way
+    and the file itself, on the very descriptors that are then read: what was checked
+    is what is read, even if names change meanwhile."""
+
+    def open_checked() -> int:
+        parts = path.relative_to(root).parts
+        directory = _opened(path, lambda: os.open(root, _OPEN_DIR))
+        try:
+            _check_owner_and_mode(directory, root, path)
+            where = root
+            for part in parts[:-1]:
+                parent = directory
+                directory = _opened(path, lambda: os.open(part, _OPEN_DIR, dir_fd=parent))  # noqa: B023
+                os.close(parent)
+                where = where / part
+                _check_owner_and_mode(directory, where, path)
+            final = directory
+            fd = _opened(path, lambda: os.open(parts[-1], _OPEN_FILE, dir_fd=final))
+        finally:
+            os.close(directory)
+        try:
+            _check_owner_and_mode(fd, path, path)
+        except BaseException:
+            os.close(fd)
+            raise
+        return fd
+
+    return open_checked
 
 
 def read_model(
@@ -122,8 +200,14 @@ def read_model(
     *,
     sha256: str | None = None,
     trusted_dirs: Sequence[str] = (),
+    pin_from_config: bool = True,
+    task_pins: bool = True,
 ) -> ModelBytes:
-    """Read and check the model file ``name``; raises :class:`ModelRefused` with the reason."""
+    """Read and check the model file ``name``; raises :class:`ModelRefused` with the reason.
+
+    ``pin_from_config``: the ``sha256`` came from the operator's config, not from a
+    TICKscript. ``task_pins``: whether a TICKscript's pin may authorise a pickle.
+    """
     if not name:
         raise ModelRefused("no model file given: .model('/path/to/model.onnx')")
     path = Path(name).expanduser().resolve()  # symlinks resolved: trust is about the target
@@ -134,21 +218,23 @@ def read_model(
             pinned = normalise_sha256(sha256)
         except ValueError as exc:
             raise ModelRefused(f"option sha256: {exc}") from None
-    trusted = _trusted_dir(path, trusted_dirs) if fmt == "pickle" else None
-    if fmt == "pickle" and pinned is None:
-        if trusted is None:
+    opener = None
+    if fmt == "pickle":
+        trusted = _trusted_dir(path, trusted_dirs)
+        if trusted is not None:
+            opener = _trusted_opener(path, trusted)
+        elif pinned is None:
             raise ModelRefused(
                 f"model {str(path)!r} is a pickle, and loading a pickle runs code: refused. "
                 "Pin it with .sha256('<hex>') (sha256sum prints it), list its directory in "
                 "the function's trusted_dirs in the udfd config, or use an .onnx model"
             )
-        for where in (path.parent, path):
-            if where.exists() and _writable_by_others(where):
-                raise ModelRefused(
-                    f"model {str(path)!r}: {str(where)!r} is writable by group or others, so "
-                    "anyone there could swap the pickle: refused even in a trusted directory"
-                )
-    data = read_stable(path)
+        elif not (pin_from_config or task_pins):
+            raise ModelRefused(
+                f"model {str(path)!r} is a pickle pinned by the task, and this function "
+                "takes pickle pins from the udfd config only (task_pins = false): refused"
+            )
+    data = read_stable(path, opener)
     digest = hashlib.sha256(data).hexdigest()
     if pinned is not None and digest != pinned:
         raise ModelRefused(

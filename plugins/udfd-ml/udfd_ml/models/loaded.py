@@ -137,10 +137,17 @@ def load_anomaly_model(model: ModelBytes) -> AnomalyModel:
 
 
 def onnx_classes(data: bytes) -> list[Any] | None:
-    """The class labels an ONNX classifier declares, in its probability columns' order."""
+    """The classes of a tree-ensemble ONNX classifier, in its probability columns' order.
+
+    Only tree ensembles: their probabilities are vote shares, whose exact ties are
+    real, and re-deriving the class from them is what scikit-learn does. Other
+    models keep the label their graph computes.
+    """
     graph = onnx.load_from_string(data).graph
     found: list[list[Any]] = []
     for node in graph.node:
+        if node.op_type != "TreeEnsembleClassifier":
+            continue
         for attribute in node.attribute:
             if attribute.name == "classlabels_int64s":
                 found.append(list(attribute.ints))
@@ -194,14 +201,15 @@ class ClassifierModel:
             if isinstance(raw, list):  # skl2onnx's default ZipMap: a dict per row
                 keys = list(raw[0]) if raw else []
                 matrix = np.array([[row[k] for k in keys] for row in raw], dtype=np.float64)
-                classes = keys
+                classes = keys if self._classes is not None else None
             else:
                 matrix = np.asarray(raw, dtype=np.float64).reshape(len(labels), -1)
                 classes = self._classes
             best = matrix.max(axis=1) if len(labels) else np.zeros(0)
-            if classes is not None and len(classes) == matrix.shape[1]:
+            if classes is not None and len(classes) == matrix.shape[1] and len(labels):
                 first = np.argmax(matrix >= (best - TIE)[:, None], axis=1)
                 labels = [classes[i] for i in first.tolist()]
+                best = matrix[np.arange(len(labels)), first]  # the chosen class's own
             return labels, (best if with_probability else None)
         labels = np.asarray(self._estimator.predict(rows)).tolist()
         probability = None
