@@ -413,6 +413,7 @@ class Runner:
             while i < limit:
                 frame = frames[i]
                 size = len(frame)
+                # the canonical small-point frame, recognised as _data_sync does it inline
                 if (
                     size > 3
                     and frame[0] == 0x8A

@@ -9,25 +9,27 @@ so the predictions are the estimator's own. The class keeps its type: a class
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Self
+from typing import Any, Self
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, model_validator
 from udfd import (
     BatchHandler,
     BeginBatch,
-    ConfigOnly,
     EndBatch,
     Flag,
     Handler,
     InitFailed,
-    Options,
     Output,
     Point,
     set_field,
 )
 
-from udfd_ml.models.features import feature_matrix, resolve_features, shared_model
-from udfd_ml.models.files import normalise_sha256
+from udfd_ml.models.features import (
+    ModelOptions,
+    feature_matrix,
+    resolve_features,
+    shared_model,
+)
 from udfd_ml.models.loaded import ClassifierModel
 from udfd_ml.requires import require
 
@@ -35,42 +37,21 @@ np = require("numpy")
 require("sklearn")  # the pickles it loads are scikit-learn's
 
 
-class ClassifierOptions(Options):
+class ClassifierOptions(ModelOptions):
     """Options of ``@classifier()`` and ``@classifier_batch()``."""
 
-    #: ``.field('temperature')``, repeatable, in order: the features (default: the model's).
-    field: list[str] = Field(default_factory=list)
     #: ``.model('/var/lib/udfd/models/rooms.onnx')``: the fitted estimator ...
     model: str = Field(min_length=1)
-    #: ... pinned to this content (required for pickles outside trusted_dirs).
-    sha256: str | None = None
     #: ``.classField('class')``: where the predicted class goes.
     class_field: str = Field("class", alias="classField", min_length=1)
     #: ``.probability()``: also add the predicted class's probability ...
     probability: Flag = False
     #: ... as this field.
     probability_field: str = Field("probability", alias="probabilityField", min_length=1)
-    #: config only: directories whose pickles are trusted without a pin ...
-    trusted_dirs: Annotated[list[str], ConfigOnly] = Field(default_factory=list)
-    #: ... and whether a TICKscript's .sha256() may authorise a pickle (false: only a pin
-    #: in the config does; whoever may define tasks could otherwise load any pickle
-    #: udfd can read).
-    task_pins: Annotated[bool, ConfigOnly] = True
-
-    @field_validator("field", mode="before")
-    @classmethod
-    def _one_field(cls, value: Any) -> Any:
-        return [value] if isinstance(value, str) else value
-
-    @field_validator("sha256")
-    @classmethod
-    def _hex(cls, value: str | None) -> str | None:
-        return None if value is None else normalise_sha256(value)
 
     @model_validator(mode="after")
     def _consistent(self) -> Self:
-        if len(set(self.field)) != len(self.field):
-            raise ValueError(".field() names the same field twice")
+        self.duplicate_fields()
         outputs = [self.class_field] + ([self.probability_field] if self.probability else [])
         if len(set(outputs)) != len(outputs):
             raise ValueError(".classField() and .probabilityField() must differ")

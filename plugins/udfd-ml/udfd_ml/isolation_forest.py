@@ -24,26 +24,28 @@ Scoring is one call per chunk of the stream (``points()``) or per batch.
 from __future__ import annotations
 
 import time
-from typing import Annotated, Any, Self
+from typing import Any, Self
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, model_validator
 from udfd import (
     BatchHandler,
     BeginBatch,
-    ConfigOnly,
     Context,
     EndBatch,
     Flag,
     GroupState,
     Handler,
-    Options,
     Output,
     Point,
     set_field,
 )
 
-from udfd_ml.models.features import feature_matrix, resolve_features, shared_model
-from udfd_ml.models.files import normalise_sha256
+from udfd_ml.models.features import (
+    ModelOptions,
+    feature_matrix,
+    resolve_features,
+    shared_model,
+)
 from udfd_ml.models.loaded import AnomalyModel, anomaly_model_from_forest
 from udfd_ml.requires import require
 
@@ -51,15 +53,11 @@ np = require("numpy")
 ensemble = require("sklearn.ensemble")
 
 
-class IsolationForestOptions(Options):
+class IsolationForestOptions(ModelOptions):
     """Options of ``@isolation_forest()`` and ``@isolation_forest_batch()``."""
 
-    #: ``.field('temperature')``, repeatable, in order: the features (default: the model's).
-    field: list[str] = Field(default_factory=list)
     #: ``.model('/var/lib/udfd/models/sensors.onnx')``: score with this model file ...
     model: str | None = Field(None, min_length=1)
-    #: ... pinned to this content (required for pickles outside trusted_dirs).
-    sha256: str | None = None
     #: ``.warmup(1000)``: or fit each group's own forest on its first N points.
     warmup: int | None = Field(None, ge=8, le=100_000)
     #: warm-up: number of trees ...
@@ -77,22 +75,6 @@ class IsolationForestOptions(Options):
     #: ``.scoreField('anomaly_score')`` and ``.anomalyField('anomaly')``: output names.
     score_field: str = Field("anomaly_score", alias="scoreField", min_length=1)
     anomaly_field: str = Field("anomaly", alias="anomalyField", min_length=1)
-    #: config only: directories whose pickles are trusted without a pin ...
-    trusted_dirs: Annotated[list[str], ConfigOnly] = Field(default_factory=list)
-    #: ... and whether a TICKscript's .sha256() may authorise a pickle (false: only a pin
-    #: in the config does; whoever may define tasks could otherwise load any pickle
-    #: udfd can read).
-    task_pins: Annotated[bool, ConfigOnly] = True
-
-    @field_validator("field", mode="before")
-    @classmethod
-    def _one_field(cls, value: Any) -> Any:
-        return [value] if isinstance(value, str) else value
-
-    @field_validator("sha256")
-    @classmethod
-    def _hex(cls, value: str | None) -> str | None:
-        return None if value is None else normalise_sha256(value)
 
     @model_validator(mode="after")
     def _consistent(self) -> Self:
@@ -110,8 +92,7 @@ class IsolationForestOptions(Options):
                 ".contamination() sets the threshold of a warm-up fit; a model file has its "
                 "own, which .threshold() overrides"
             )
-        if len(set(self.field)) != len(self.field):
-            raise ValueError(".field() names the same field twice")
+        self.duplicate_fields()
         if self.score_field == self.anomaly_field:
             raise ValueError(".scoreField() and .anomalyField() must differ")
         for name in (self.score_field, self.anomaly_field):

@@ -69,13 +69,22 @@ def _joblib_bytes(model: Any) -> bytes:
     return buffer.getvalue()
 
 
+def _forest_arguments(parser: argparse.ArgumentParser) -> None:
+    """What every forest trainer takes."""
+    parser.add_argument("--trees", type=int, default=100, help="number of trees (100)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--format", choices=("onnx", "joblib"), default="onnx", help="onnx loads no code"
+    )
+
+
 class IsolationForestTrainer:
     handler = "isolation_forest"
     summary = "fit an Isolation Forest (unsupervised anomaly scores) on the --fields"
     needs_label = False
 
     def add_arguments(self, parser: argparse.ArgumentParser) -> None:
-        parser.add_argument("--trees", type=int, default=100, help="number of trees (100)")
+        _forest_arguments(parser)
         parser.add_argument(
             "--samples", type=int, default=256, help="points each tree grows from (256)"
         )
@@ -84,10 +93,6 @@ class IsolationForestTrainer:
             default="auto",
             help="expected share of anomalies, which sets the threshold; 'auto' (the "
             "default) is the paper's: a score above 0.5",
-        )
-        parser.add_argument("--seed", type=int, default=0)
-        parser.add_argument(
-            "--format", choices=("onnx", "joblib"), default="onnx", help="onnx loads no code"
         )
 
     def train(self, data: Dataset, args: argparse.Namespace, progress: Progress) -> Trained:
@@ -176,14 +181,10 @@ class ClassifierTrainer:
     needs_label = True
 
     def add_arguments(self, parser: argparse.ArgumentParser) -> None:
-        parser.add_argument("--trees", type=int, default=100, help="number of trees (100)")
+        _forest_arguments(parser)
         parser.add_argument("--max-depth", type=int, default=None, help="default: unlimited")
         parser.add_argument(
             "--test-fraction", type=float, default=0.2, help="rows held out for accuracy (0.2)"
-        )
-        parser.add_argument("--seed", type=int, default=0)
-        parser.add_argument(
-            "--format", choices=("onnx", "joblib"), default="onnx", help="onnx loads no code"
         )
 
     def train(self, data: Dataset, args: argparse.Namespace, progress: Progress) -> Trained:

@@ -10,9 +10,19 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from udfd import Context, FieldTypeError, InitFailed, Point, PointError, get_number
+from pydantic import Field, field_validator
+from udfd import (
+    ConfigOnly,
+    Context,
+    FieldTypeError,
+    InitFailed,
+    Options,
+    Point,
+    PointError,
+    get_number,
+)
 
 from udfd_ml.models.files import normalise_sha256, read_model
 from udfd_ml.models.loaded import (
@@ -26,6 +36,36 @@ from udfd_ml.requires import require
 np = require("numpy")
 
 Kind = Literal["anomaly", "classifier"]
+
+
+class ModelOptions(Options):
+    """What every handler that reads a model file takes (its own options add the rest)."""
+
+    #: ``.field('temperature')``, repeatable, in order: the features (default: the model's).
+    field: list[str] = Field(default_factory=list)
+    #: ``.sha256('…')``: the model file's content, pinned (required for pickles outside
+    #: trusted_dirs).
+    sha256: str | None = None
+    #: config only: directories whose pickles are trusted without a pin ...
+    trusted_dirs: Annotated[list[str], ConfigOnly] = Field(default_factory=list)
+    #: ... and whether a TICKscript's .sha256() may authorise a pickle (false: only a pin
+    #: in the config does; whoever may define tasks could otherwise load any pickle
+    #: udfd can read).
+    task_pins: Annotated[bool, ConfigOnly] = True
+
+    @field_validator("field", mode="before")
+    @classmethod
+    def _one_field(cls, value: Any) -> Any:
+        return [value] if isinstance(value, str) else value
+
+    @field_validator("sha256")
+    @classmethod
+    def _hex(cls, value: str | None) -> str | None:
+        return None if value is None else normalise_sha256(value)
+
+    def duplicate_fields(self) -> None:
+        if len(set(self.field)) != len(self.field):
+            raise ValueError(".field() names the same field twice")
 
 
 def shared_model(

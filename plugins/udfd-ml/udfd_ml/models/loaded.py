@@ -56,6 +56,15 @@ def _input_of(sess: Any, path: str) -> tuple[str, Any, int | None]:
     return first.name, dtype, width
 
 
+def _open_onnx(data: bytes, label: str) -> tuple[Any, dict[str, str]]:
+    """A session on an ONNX model, and the model's metadata; a bad file is ModelRefused."""
+    try:
+        sess = session(data)
+    except Exception as exc:  # onnxruntime raises its own exception types
+        raise ModelRefused(f"model {label!r} is not a valid ONNX model: {exc}") from None
+    return sess, dict(sess.get_modelmeta().custom_metadata_map)
+
+
 def _unpickle(model: ModelBytes) -> Any:
     joblib = require("joblib", "pickled models")
     return joblib.load(io.BytesIO(model.data))  # trust was checked by read_model
@@ -105,11 +114,7 @@ def anomaly_model_from_forest(forest: Any, features: Sequence[str], label: str) 
 def load_anomaly_model(model: ModelBytes) -> AnomalyModel:
     label = str(model.path)
     if model.format == "onnx":
-        try:
-            sess = session(model.data)
-        except Exception as exc:  # onnxruntime raises its own exception types
-            raise ModelRefused(f"model {label!r} is not a valid ONNX model: {exc}") from None
-        meta = sess.get_modelmeta().custom_metadata_map
+        sess, meta = _open_onnx(model.data, label)
         if meta.get(KIND) != "isolation_forest" or THRESHOLD not in meta:
             raise ModelRefused(
                 f"model {label!r} is not an anomaly model written by udfd (it lacks the "
@@ -221,11 +226,7 @@ class ClassifierModel:
 def load_classifier(model: ModelBytes) -> ClassifierModel:
     label = str(model.path)
     if model.format == "onnx":
-        try:
-            sess = session(model.data)
-        except Exception as exc:  # onnxruntime raises its own exception types
-            raise ModelRefused(f"model {label!r} is not a valid ONNX model: {exc}") from None
-        meta = sess.get_modelmeta().custom_metadata_map
+        sess, meta = _open_onnx(model.data, label)
         features = tuple(meta[FEATURES].split(",")) if meta.get(FEATURES) else None
         if meta.get(KIND) not in (None, "classifier"):
             raise ModelRefused(f"model {label!r} is a {meta[KIND]} model, not a classifier")
