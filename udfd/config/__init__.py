@@ -117,6 +117,7 @@ class FunctionConfig(BaseModel):
     pool: str = Field(default=DEFAULT_POOL, min_length=1)
     handler_timeout: Duration | None = None
     slow_call: Duration | None = None
+    max_connections: int | None = Field(default=None, ge=1, le=100_000)
     #: defaults for the handler's options (TICKscript values override them)
     options: dict[str, Any] = Field(default_factory=dict)
 
@@ -159,6 +160,10 @@ class Config(BaseSettings):
     handler_timeout: Duration = timedelta(seconds=30)
     #: a handler call running longer is logged with its stack
     slow_call: Duration = timedelta(seconds=1)
+    #: open connections one function accepts; more are refused with an ErrorResponse
+    max_connections: int = Field(default=256, ge=1, le=100_000)
+    #: the listen() backlog of every socket (the kernel caps it at net.core.somaxconn)
+    listen_backlog: int = Field(default=1024, ge=1, le=65_535)
     #: worker processes of the default pool
     workers: int = Field(default=1, ge=1, le=64)
     pools: dict[FunctionName, PoolConfig] = Field(default_factory=dict)
@@ -471,6 +476,7 @@ class Function:
     pool: str = DEFAULT_POOL
     handler_timeout: timedelta = timedelta(seconds=30)
     slow_call: timedelta = timedelta(seconds=1)
+    max_connections: int = 256
 
 
 def resolve_functions(
@@ -518,6 +524,7 @@ def resolve_functions(
                 pool=fn.pool,
                 handler_timeout=fn.handler_timeout or config.handler_timeout,
                 slow_call=fn.slow_call or config.slow_call,
+                max_connections=fn.max_connections or config.max_connections,
                 base_dir=base_dir,
                 origin=origin,
             )

@@ -57,6 +57,7 @@ def health_document(status: dict[str, Any]) -> tuple[int, dict[str, Any]]:
             "socket": fn.get("socket", ""),
             "connections": fn.get("connections_active", 0),
             "connections_total": fn.get("connections_total", 0),
+            "connections_refused": fn.get("connections_refused", 0),
             "points_in": fn.get("points_in", 0),
             "points_out": fn.get("points_out", 0),
             "dropped": fn.get("dropped", 0),

@@ -26,6 +26,10 @@ COUNTERS = {
     "udfd_points_out": ("points_out", "Points sent to Kapacitor."),
     "udfd_batches_in": ("batches_in", "Batches received from Kapacitor."),
     "udfd_connections": ("connections_total", "Connections accepted."),
+    "udfd_connections_refused": (
+        "connections_refused",
+        "Connections refused because the function had max_connections open.",
+    ),
     "udfd_handler_errors": ("handler_errors", "Handler failures (exceptions, bad output)."),
     "udfd_points_dropped": ("dropped", "Points dropped: point errors and the drop policy."),
     "udfd_protocol_errors": ("protocol_errors", "Protocol violations by the peer."),

@@ -59,6 +59,8 @@ class WorkerHandle:
     #: what ``Context.shared`` holds in this worker (models loaded), as last reported
     resources: list[dict[str, Any]] = field(default_factory=list)
     exit: str = ""
+    #: connections handed to it and not reported closed: id -> function
+    open: dict[int, str] = field(default_factory=dict)
     #: connections sent but not yet acknowledged: id -> (function, socket, read-ahead bytes)
     untaken: dict[int, tuple[str, socket.socket, bytes]] = field(default_factory=dict)
 

@@ -9,6 +9,7 @@ without importing the serving machinery.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import grp
 import logging
@@ -52,7 +53,12 @@ def clear_stale_socket(path: Path) -> bool:
     try:
         probe.connect(os.fspath(path))
     except ConnectionRefusedError:
-        os.unlink(path)
+        try:
+            os.unlink(path)
+        except FileNotFoundError:
+            return False  # someone else cleared it meanwhile
+        except OSError as exc:
+            raise StartupError(f"{path}: stale socket, but cannot remove it: {exc}") from None
         log.info("removed stale socket %s (nobody was listening)", path)
         return True
     except FileNotFoundError:
@@ -75,33 +81,106 @@ def clear_stale_socket(path: Path) -> bool:
     )
 
 
-def bind_unix(path: Path, *, mode: int | None = None, group: str | None = None) -> socket.socket:
-    """Bind and listen on ``path`` after clearing a stale socket; apply mode and group."""
-    check_socket_path(path)
+def _ours(st: os.stat_result) -> bool:
+    return st.st_uid in (os.getuid(), 0)
+
+
+def ensure_socket_dir(directory: Path) -> None:
+    """Create ``directory`` if needed and check it without following symlinks.
+
+    Every component udfd creates is checked right after ``mkdir`` with ``lstat``
+    (a real directory, ours). The directory itself may be a symlink only if the
+    link and its target both belong to us or root: a link owned by someone else
+    can be re-pointed by them later, as in a sticky ``/tmp`` where only a link's
+    owner may replace it, which is how ``/tmp/udfd-$UID`` would be intercepted.
+    """
+    missing: list[Path] = []
+    current = directory
+    while True:
+        try:
+            os.lstat(current)
+            break
+        except FileNotFoundError:
+            missing.append(current)
+            current = current.parent
+        except OSError as exc:
+            raise StartupError(f"cannot check socket directory {current}: {exc}") from None
+    for component in reversed(missing):
+        try:
+            os.mkdir(component, 0o755)
+        except FileExistsError:
+            pass  # made meanwhile: checked below like the rest
+        except OSError as exc:
+            raise StartupError(f"cannot create socket directory {component}: {exc}") from None
+        st = os.lstat(component)
+        if not stat.S_ISDIR(st.st_mode) or not _ours(st):
+            kind = "a directory" if stat.S_ISDIR(st.st_mode) else "not a directory"
+            raise StartupError(
+                f"socket directory {component} was replaced while udfd created it "
+                f"(uid {st.st_uid}, {kind}); refusing to serve from it"
+            )
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        owner = path.parent.stat().st_uid
+        link = os.lstat(directory)
+        target = os.stat(directory)
     except OSError as exc:
-        raise StartupError(f"cannot create socket directory {path.parent}: {exc}") from None
-    if owner not in (os.getuid(), 0):
-        # e.g. /tmp/udfd-$UID made first by another user to intercept Kapacitor
-        raise StartupError(
-            f"socket directory {path.parent} belongs to uid {owner}, not to us "
-            f"(uid {os.getuid()}) or root; refusing to serve from it"
-        )
+        raise StartupError(f"cannot check socket directory {directory}: {exc}") from None
+    checks = [("the directory", target)]
+    if stat.S_ISLNK(link.st_mode):
+        checks.insert(0, ("the symlink", link))
+    for what, st in checks:
+        if not _ours(st):
+            # e.g. /tmp/udfd-$UID made first by another user to intercept Kapacitor
+            raise StartupError(
+                f"socket directory {directory}: {what} belongs to uid {st.st_uid}, not to us "
+                f"(uid {os.getuid()}) or root; refusing to serve from it"
+            )
+    if not stat.S_ISDIR(target.st_mode):
+        raise StartupError(f"socket directory {directory} is not a directory")
+
+
+def _temporary_name(path: Path) -> Path:
+    """A name beside ``path`` to bind and set up under before the socket is published."""
+    name = f".{os.getpid()}.{path.name}"
+    candidate = path.with_name(name)
+    if len(os.fsencode(candidate)) > MAX_SOCKET_PATH:
+        candidate = path.with_name(f".{os.getpid()}.{abs(hash(path.name)) % 10**8}")
+    return candidate
+
+
+def bind_unix(
+    path: Path, *, mode: int | None = None, group: str | None = None, backlog: int = 1024
+) -> socket.socket:
+    """Bind and listen on ``path`` after clearing a stale socket; apply mode and group.
+
+    The socket is bound under a temporary name, given its mode and group, set
+    listening, and only then published under ``path`` with ``link()``, which fails
+    if the name exists. So ``path`` never names a socket that is bound but not yet
+    listening (another daemon's stale-socket probe would take that for stale and
+    delete it), and two daemons starting together cannot both claim it.
+    """
+    check_socket_path(path)
+    ensure_socket_dir(path.parent)
     clear_stale_socket(path)
+    temporary = _temporary_name(path)
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(temporary)  # our own leftover: the name holds our pid
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
-        sock.bind(os.fspath(path))
-        if mode is not None:
-            os.chmod(path, mode)
-        if group is not None:
-            try:
-                gid = grp.getgrnam(group).gr_gid
-            except KeyError:
-                raise StartupError(f"{path}: group {group!r} does not exist") from None
-            os.chown(path, -1, gid)
-        sock.listen(128)
+        sock.bind(os.fspath(temporary))
+        try:
+            if mode is not None:
+                os.chmod(temporary, mode)
+            if group is not None:
+                try:
+                    gid = grp.getgrnam(group).gr_gid
+                except KeyError:
+                    raise StartupError(f"{path}: group {group!r} does not exist") from None
+                os.chown(temporary, -1, gid)
+            sock.listen(backlog)
+            _publish(temporary, path)
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(temporary)
         sock.setblocking(False)
     except StartupError:
         sock.close()
@@ -110,6 +189,18 @@ def bind_unix(path: Path, *, mode: int | None = None, group: str | None = None) 
         sock.close()
         raise StartupError(f"cannot bind {path}: {exc}") from None
     return sock
+
+
+def _publish(temporary: Path, path: Path) -> None:
+    """Give the listening socket its real name, unless someone else has it by now."""
+    for _ in range(2):
+        try:
+            os.link(temporary, path)
+            return
+        except FileExistsError:
+            # appeared since the probe: stale (then cleared, and try once more) or live
+            clear_stale_socket(path)
+    raise StartupError(f"{path}: another process keeps creating this socket; stop it first")
 
 
 def remove_socket_file(path: Path, inode: int | None) -> None:

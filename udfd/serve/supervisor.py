@@ -43,10 +43,12 @@ from udfd.engine.stats import Histogram, Stats
 from udfd.errors import ConfigError, StartupError
 from udfd.plugins.fallback import InfoStore
 from udfd.plugins.loader import discover
+from udfd.protocol import wire
 from udfd.protocol.proto import udf_pb2 as pb
 from udfd.serve import activation, metrics, systemd
 from udfd.serve.channel import Channel, ChannelClosed
 from udfd.serve.channel import pair as channel_pair
+from udfd.serve.fdlimit import raise_fd_limit
 from udfd.serve.health import HealthServer
 from udfd.serve.holding import HeldConnection
 from udfd.serve.pool import Pool, WorkerHandle
@@ -109,6 +111,12 @@ class FunctionState:
     closed: bool = False
     #: the socket came from systemd (socket activation): its file is systemd's
     activated: bool = False
+    #: connections open now, as the supervisor counts them (handed to a worker or held)
+    open: int = 0
+    #: connections refused by max_connections since udfd started
+    refused: int = 0
+    #: when a refusal was last logged (they are logged at most every 10 s)
+    refused_logged: float = -1e9
 
     @property
     def name(self) -> str:
@@ -137,6 +145,7 @@ class FunctionState:
                 w.pid for w in workers if w.pool == self.function.pool and not w.retired
             ],
             **counters,
+            "connections_refused": self.refused,
         }
 
 
@@ -192,6 +201,7 @@ class Supervisor:
         resolved = resolve_functions(config, discover(autoload=not config.disable_plugin_autoload))
         if not resolved:
             log.warning("no functions to serve: no handlers are installed or configured")
+        raise_fd_limit(fn.max_connections for fn in resolved)  # before the spawner forks
         passed = activation.take_passed_sockets()
         bound: list[FunctionState] = []
         try:
@@ -234,7 +244,12 @@ class Supervisor:
         return FunctionState(fn, given.sock, None, activated=True)
 
     def _bind(self, fn: Function) -> FunctionState:
-        sock = bind_unix(fn.socket, mode=fn.socket_mode, group=fn.socket_group)
+        sock = bind_unix(
+            fn.socket,
+            mode=fn.socket_mode,
+            group=fn.socket_group,
+            backlog=self.config.listen_backlog,
+        )
         sock.setblocking(False)
         try:
             inode: int | None = os.lstat(fn.socket).st_ino
@@ -468,6 +483,7 @@ class Supervisor:
                 taken[1].close()
         elif op == "closed":
             worker.connections -= 1
+            self._closed(worker.open.pop(header["id"], None))
         elif op == "stats":
             worker.stats.update(header["functions"])
             worker.resources = header.get("resources", worker.resources)
@@ -521,6 +537,9 @@ class Supervisor:
             fs = self.functions.get(name)
             if fs is not None:  # a dead worker's connections are no longer active
                 add_counters(fs.base, {**stats, "connections_active": 0})
+        for name in worker.open.values():  # closed with it (untaken ones are re-sent below)
+            self._closed(name)
+        worker.open.clear()
         pool.update_available()
         for name, conn, prefix in worker.untaken.values():
             fs = self.functions.get(name)
@@ -574,7 +593,33 @@ class Supervisor:
                         log.error("%s: accept failed (%s); retrying", fs.name, exc)
                     await anyio.sleep(0.1)
                     continue
+                if fs.open >= fs.function.max_connections:
+                    self._refuse(fs, conn)
+                    continue
                 await self._dispatch(fs, conn)
+
+    def _refuse(self, fs: FunctionState, conn: socket.socket) -> None:
+        """One connection too many: tell the peer why (Kapacitor shows it as the task's
+        error), count it, log it now and then, and close it."""
+        limit = fs.function.max_connections
+        fs.refused += 1
+        reason = (
+            f"udfd: {fs.name} already has {fs.open} open connections (max_connections = "
+            f"{limit}); connection refused"
+        )
+        with contextlib.suppress(OSError):
+            conn.setblocking(False)
+            conn.send(wire.error_frame(reason))
+        conn.close()
+        now = time.monotonic()
+        if now - fs.refused_logged >= 10:
+            fs.refused_logged = now
+            log.warning("%s (%d refused so far)", reason, fs.refused)
+
+    def _closed(self, name: str | None) -> None:
+        fs = self.functions.get(name) if name is not None else None
+        if fs is not None:
+            fs.open = max(fs.open - 1, 0)
 
     async def _dispatch(self, fs: FunctionState, conn: socket.socket, prefix: bytes = b"") -> None:
         pool = self.pools[fs.function.pool]
@@ -591,6 +636,8 @@ class Supervisor:
             else:
                 worker.connections += 1
                 worker.connections_total += 1
+                worker.open[cid] = fs.name
+                fs.open += 1
                 # kept until the worker says it took the socket: a worker that dies with
                 # the record unread must not take a connection it never saw with it
                 worker.untaken[cid] = (fs.name, conn, prefix)
@@ -603,6 +650,7 @@ class Supervisor:
         if prefix:
             held.preload(prefix)
         handed_over = False
+        fs.open += 1  # counts against max_connections while held, too
         try:
             while not self.stopping and not handed_over:
                 pool = self.pools.get(fs.function.pool)
@@ -612,6 +660,7 @@ class Supervisor:
                     handed_over = True  # the socket is the dispatcher's from here on
                     await self._dispatch(fs, conn, held.release())
         finally:
+            fs.open = max(fs.open - 1, 0)
             if not handed_over:
                 conn.close()
 
