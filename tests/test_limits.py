@@ -165,7 +165,11 @@ def test_two_binders_racing_for_one_path_leave_one_listening_socket(tmp_path: Pa
         results: list[object] = []
         barrier = threading.Barrier(2)
 
-        def bind(results: list[object] = results, path: Path = path) -> None:
+        def bind(
+            results: list[object] = results,
+            path: Path = path,
+            barrier: threading.Barrier = barrier,
+        ) -> None:
             barrier.wait()
             try:
                 results.append(bind_unix(path))
