@@ -18,7 +18,7 @@ from pydantic import Field
 import udfd
 from udfd.engine.limits import Limits
 from udfd.protocol import wire
-from udfd.protocol.client import UdfClient, connect, probe_info
+from udfd.protocol.client import UdfClient, UdfError, connect, probe_info
 from udfd.protocol.framing import encode_frame, encode_varint
 from udfd.protocol.proto import udf_pb2 as pb
 from udfd.testing import serve_handler
@@ -861,3 +861,47 @@ async def test_an_undecodable_point_ends_the_connection_and_is_logged(
     assert "protocol error" in error
     logged = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
     assert any("protocol error" in m and "corrupt" in m for m in logged), logged
+
+
+class BrokenSnapshot(udfd.Handler):
+    def point(self, point: pb.Point) -> udfd.Output:
+        return point
+
+    def snapshot(self) -> bytes:
+        raise RuntimeError("state is inconsistent")
+
+
+@pytest.mark.parametrize("policy", ["error", "drop"])
+async def test_a_failing_snapshot_ends_the_task_instead_of_answering_empty(policy: str) -> None:
+    # an empty SnapshotResponse would be stored by Kapacitor over its last good snapshot
+    async with (
+        serve_handler(BrokenSnapshot, error_policy=policy) as site,
+        connect(site.path) as client,
+    ):
+        await started(client)
+        await client.send_points(points(3))
+        with pytest.raises(UdfError, match="snapshot failed: RuntimeError: state is inconsistent"):
+            await client.snapshot()
+    assert site.stats.handler_errors == 1
+
+
+class PickyBatches(udfd.BatchHandler):
+    def begin_batch(self, begin: pb.BeginBatch) -> udfd.Output:
+        if begin.group == "bad":
+            raise RuntimeError("cannot open this batch")
+        return super().begin_batch(begin)
+
+
+async def test_a_failing_begin_batch_under_drop_drops_that_batch_only() -> None:
+    from udfd.testing import check_batch_framing, make_batch, run_task
+
+    batches = [
+        make_batch("m", [(i, {"v": float(i)}) for i in range(4)], group=group)
+        for group in ("good", "bad", "good")
+    ]
+    async with serve_handler(PickyBatches, error_policy="drop") as site:
+        run = await run_task(site.path, batches=batches)
+    assert run.errors == []  # the connection went on
+    got = check_batch_framing(run.output, [batches[0], batches[2]])
+    assert [len(b) for b in got] == [4, 4]
+    assert site.stats.points_in == 12 and site.stats.dropped == 1 + 4  # begin, then its points

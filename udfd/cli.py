@@ -287,7 +287,9 @@ def cmd_check(args: argparse.Namespace) -> int:
         except PermissionError:
             print(f"FAIL status: cannot read {path}: run check as the daemon's user or root")
             return EXIT_CHECK_FAILED
-        known = {f["name"]: f for f in status["functions"]} if status else {}
+        # no health endpoint and no fresh status: whether the handlers loaded is unknown,
+        # and a socket that answers Info proves nothing about that
+        known = None if status is None else {f["name"]: f for f in status["functions"]}
 
     async def probe_all() -> list[tuple[str, str, str]]:
         results: list[tuple[str, str, str]] = []
@@ -299,14 +301,30 @@ def cmd_check(args: argparse.Namespace) -> int:
                 results.append((fn.name, "FAIL", f"{fn.socket}: {type(exc).__name__}: {exc}"))
                 continue
             edges = f"{_edge(info.wants)}->{_edge(info.provides)}"
+            if known is None:
+                results.append(
+                    (
+                        fn.name,
+                        "FAIL",
+                        f"{fn.socket} answers Info, but whether its handler loaded cannot be "
+                        f"told: no health endpoint answered and {config.state_dir / STATUS_FILE} "
+                        f"is missing or older than {3 * STATUS_INTERVAL:.0f}s (is state_dir "
+                        "writable by the daemon?)",
+                    )
+                )
+                continue
             state = known.get(fn.name)
-            if state is not None and state.get("socket") == str(fn.socket):
-                if state.get("state") == "failed":
-                    results.append((fn.name, "FAIL", f"handler failed to load: {state['error']}"))
-                    continue
-                if state.get("state") == "loading":
-                    results.append((fn.name, "FAIL", f"{fn.socket}: handler still loading"))
-                    continue
+            if state is None or state.get("socket") != str(fn.socket):
+                results.append(
+                    (fn.name, "FAIL", f"{fn.socket} answers Info, but the daemon does not list it")
+                )
+                continue
+            if state.get("state") == "failed":
+                results.append((fn.name, "FAIL", f"handler failed to load: {state['error']}"))
+                continue
+            if state.get("state") == "loading":
+                results.append((fn.name, "FAIL", f"{fn.socket}: handler still loading"))
+                continue
             results.append((fn.name, "ok", f"{fn.socket} ({edges})"))
         return results
 

@@ -216,6 +216,8 @@ class Runner:
         self._spec: HandlerSpec | None = None  # set once loaded
         self._wants_batch = False
         self._in_batch = False  # input framing
+        #: the open batch's begin_batch failed under ``drop``: skip to its End
+        self._skip_batch = False
         self._task_id = ""
         self._node_id = ""
         self.log: logging.LoggerAdapter[logging.Logger] = logging.LoggerAdapter(
@@ -363,8 +365,12 @@ class Runner:
                 i += 1
                 try:
                     if kind == wire.POINT:
-                        if check_batch and not self._in_batch:
-                            raise ProtocolError("point outside a batch for a batch handler")
+                        if check_batch and (not self._in_batch or self._skip_batch):
+                            if not self._in_batch:
+                                raise ProtocolError("point outside a batch for a batch handler")
+                            points += 1
+                            self.tally.dropped += 1  # its batch's begin_batch failed
+                            continue
                         points += 1
                         result = on_point(msg)
                         if result is None:
@@ -501,6 +507,9 @@ class Runner:
                     if self._wants_batch and not self._in_batch:
                         raise ProtocolError("point outside a batch for a batch handler")
                     self.tally.points_in += 1
+                    if self._skip_batch:
+                        self.tally.dropped += 1  # its batch's begin_batch failed
+                        continue
                     result: Any = handler.point(msg)  # type: ignore[arg-type]
                 else:
                     result = self._batch_edge(handler, kind, msg)
@@ -532,6 +541,9 @@ class Runner:
             if not self._in_batch:
                 raise ProtocolError("EndBatch without BeginBatch")
             self._in_batch = False
+            if self._skip_batch:  # begin_batch failed: the batch was dropped, point by point
+                self._skip_batch = False
+                return None
             return handler.end_batch(msg)  # type: ignore[arg-type]
         raise ProtocolError(f"unexpected {wire.KIND_NAMES.get(kind, kind)} request among data")
 
@@ -556,6 +568,11 @@ class Runner:
             if kind == wire.END:
                 # the batch will never be completed: its held output must not block the next
                 self.out.discard_open_batch()
+            elif kind == wire.BEGIN:
+                # the handler has no batch open: its points and End would only fail or
+                # frame output wrongly, so the rest of this batch is dropped, and counted
+                self.out.discard_open_batch()
+                self._skip_batch = True
             self.tally.dropped += 1
             self._stats.last_error = text
             self._stats.last_error_time = time.time()
@@ -776,10 +793,19 @@ class Runner:
             if not isinstance(data, (bytes, bytearray, memoryview)):
                 raise TypeError(f"snapshot returned {type(data).__name__}, not bytes")
         except HANDLER_FAILURES as exc:
-            # always answer: Kapacitor waits forever for a snapshot response
-            self.out.frames.append(wire.snapshot_frame(b""))
-            self._handler_exception(exc, wire.SNAPSHOT, None)
-            return
+            # Never answer with an empty snapshot: Kapacitor would store it over the good
+            # state it has. An ErrorResponse ends the task instead, and Kapacitor stops
+            # waiting for the answer when it gets one. Whatever the error policy: dropping
+            # a snapshot is losing state, not a point.
+            self.tally.handler_errors += 1
+            text = f"{type(exc).__name__}: {exc}"
+            self.log.error(
+                "handler failed in snapshot(); ending the connection so that Kapacitor keeps "
+                "its last good snapshot: %s",
+                text,
+                exc_info=exc,
+            )
+            raise Fatal(f"{self._function}: snapshot failed: {text}", logged=True) from None
         self.out.frames.append(wire.snapshot_frame(bytes(data)))
 
     async def _restore(self, request: pb.RestoreRequest) -> None:

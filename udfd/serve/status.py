@@ -10,6 +10,7 @@ is ignored. Writes are atomic (temp file, rename), reads never raise.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -25,6 +26,7 @@ STATUS_FILE = "status.json"
 
 def write_status(path: Path, status: dict[str, Any]) -> None:
     """Replace the status file atomically; failures are logged, never raised."""
+    tmp = None
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=".status-", dir=path.parent)
@@ -32,8 +34,13 @@ def write_status(path: Path, status: dict[str, Any]) -> None:
         with os.fdopen(fd, "w") as f:
             json.dump({"pid": os.getpid(), "written_at": time.time(), **status}, f, indent=1)
         os.replace(tmp, path)
+        tmp = None
     except OSError as exc:
         log.warning("could not write status file %s: %s", path, exc)
+    finally:
+        if tmp is not None:  # a full disk: never leave the half-written temp file behind
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
 
 
 def remove_status(path: Path) -> None:

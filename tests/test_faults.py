@@ -1,0 +1,65 @@
+"""Faults around the daemon: a state_dir it cannot write, a status write that fails, a
+Snapshot that raises (in tests/test_connection.py), and what `udfd check` says then."""
+
+from __future__ import annotations
+
+import errno
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from udfd.serve import status as status_module
+from udfd.serve.status import write_status
+
+
+def test_check_never_says_ok_when_the_status_cannot_be_written(workdir: Path) -> None:
+    # a state_dir under a regular file cannot be created, even by root
+    blocker = workdir / "not-a-dir"
+    blocker.write_text("")
+    path = workdir / "udfd.toml"
+    path.write_text(
+        f'socket_dir = "{workdir / "s"}"\n'
+        f'state_dir = "{blocker / "state"}"\n'
+        '[functions.good]\nhandler = "state_change"\n'
+        '[functions.broken]\nhandler = "no_such_module_here:Nope"\n'
+    )
+    server = subprocess.Popen(
+        [sys.executable, "-m", "udfd", "serve", "--config", str(path)],
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert server.stderr is not None
+        for line in server.stderr:
+            if "ready:" in line:
+                break
+        check = subprocess.run(
+            [sys.executable, "-m", "udfd", "check", "--config", str(path)],
+            capture_output=True,
+            text=True,
+        )
+    finally:
+        server.terminate()
+        server.wait(30)
+        if server.stderr is not None:
+            server.stderr.close()
+    assert check.returncode == 1
+    lines = check.stdout.splitlines()
+    assert len(lines) == 2 and all(line.startswith("FAIL") for line in lines), check.stdout
+    assert "whether its handler loaded cannot be told" in check.stdout
+    assert "ok" not in [line.split()[0] for line in lines]
+
+
+def test_a_failed_status_write_leaves_no_temp_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    # a full disk, injected: the rename fails as it would with ENOSPC (a fake, for the path)
+    def full(src: object, dst: object) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(status_module.os, "replace", full)
+    write_status(tmp_path / "status.json", {"functions": []})
+    assert list(tmp_path.iterdir()) == []
+    assert "No space left on device" in caplog.text
