@@ -7,7 +7,7 @@ import logging
 import threading
 from collections.abc import Iterable
 from datetime import timedelta
-from typing import Any
+from typing import Any, ClassVar
 
 import anyio
 import anyio.lowlevel
@@ -21,7 +21,7 @@ from udfd.protocol import wire
 from udfd.protocol.client import UdfClient, UdfError, connect, probe_info
 from udfd.protocol.framing import encode_frame, encode_varint
 from udfd.protocol.proto import udf_pb2 as pb
-from udfd.testing import serve_handler
+from udfd.testing import run_task, serve_handler
 
 pytestmark = pytest.mark.anyio
 
@@ -893,7 +893,7 @@ class PickyBatches(udfd.BatchHandler):
 
 
 async def test_a_failing_begin_batch_under_drop_drops_that_batch_only() -> None:
-    from udfd.testing import check_batch_framing, make_batch, run_task
+    from udfd.testing import check_batch_framing, make_batch
 
     batches = [
         make_batch("m", [(i, {"v": float(i)}) for i in range(4)], group=group)
@@ -905,3 +905,38 @@ async def test_a_failing_begin_batch_under_drop_drops_that_batch_only() -> None:
     got = check_batch_framing(run.output, [batches[0], batches[2]])
     assert [len(b) for b in got] == [4, 4]
     assert site.stats.points_in == 12 and site.stats.dropped == 1 + 4  # begin, then its points
+
+
+class RecordsClose(udfd.Handler):
+    closed: ClassVar[list[str]] = []
+
+    def point(self, point: pb.Point) -> udfd.Output:
+        return point
+
+    def close(self) -> udfd.Output:
+        RecordsClose.closed.append(self.context.task_id)
+        return udfd.make_point("farewell", 0, {"n": 1.0})
+
+
+async def test_a_connection_reset_is_not_a_clean_end_of_input(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    import socket as socket_module
+
+    RecordsClose.closed.clear()
+    async with serve_handler(RecordsClose) as site:
+        with socket_module.socket(socket_module.AF_UNIX) as raw:
+            raw.connect(str(site.path))
+            init = pb.Request(init=pb.InitRequest(taskID="reset-task"))
+            raw.sendall(wire.request_frame(init))
+            raw.sendall(b"".join(wire.point_request_frame(p) for p in points(50)))
+            await anyio.sleep(0.3)  # udfd answers; the answers wait unread in our buffer
+        # closed with unread data: the kernel resets the connection (ECONNRESET at udfd)
+        for _ in range(100):
+            if "connection lost while reading" in caplog.text:
+                break
+            await anyio.sleep(0.05)
+        clean = await run_task(site.path, points=points(2))
+    assert "connection lost while reading: ECONNRESET" in caplog.text
+    assert RecordsClose.closed[0] == "reset-task"  # close() still ran, quietly
+    assert clean.points[-1].name == "farewell"  # a clean end still sends close()'s output

@@ -5,6 +5,8 @@ Only the CLI turns these into exit codes; everything else raises or handles them
 
 from __future__ import annotations
 
+import errno
+
 
 class UdfdError(Exception):
     """Root of every error udfd raises on purpose."""
@@ -88,3 +90,11 @@ class ConfigError(UdfdError):
 
 class StartupError(UdfdError):
     """The daemon cannot start (a socket is owned by someone else, ...)."""
+
+
+def describe_os_error(exc: BaseException) -> str:
+    """An OSError as its errno name and text (``ECONNRESET: Connection reset by peer``)."""
+    cause = exc if isinstance(exc, OSError) else exc.__cause__ or exc.__context__
+    if isinstance(cause, OSError) and cause.errno is not None:
+        return f"{errno.errorcode.get(cause.errno, cause.errno)}: {cause.strerror}"
+    return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__

@@ -42,7 +42,7 @@ from udfd.engine.source import FixedSource, HandlerSource
 from udfd.engine.stats import Stats
 from udfd.engine.watchdog import Watchdog
 from udfd.engine.writer import FrameWriter
-from udfd.errors import FrameError, ProtocolError
+from udfd.errors import FrameError, ProtocolError, describe_os_error
 from udfd.handler import ErrorPolicy, HandlerSpec
 from udfd.protocol import wire
 from udfd.protocol.framing import FrameDecoder
@@ -106,6 +106,8 @@ class Connection:
             wire.info_frame(self._early_info) if self._early_info is not None else None
         )
         self._chunks: MemoryObjectSendStream[list[bytes] | ProtocolError] | None = None
+        #: set when a read failed (as opposed to a clean end of input)
+        self._read_error: BaseException | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._loop_thread = 0
 
@@ -175,7 +177,14 @@ class Connection:
                     except anyio.EndOfStream:
                         decoder.check_eof()
                         return
-                    except (anyio.BrokenResourceError, OSError):
+                    except (anyio.BrokenResourceError, OSError) as exc:
+                        # not an end of input (ECONNRESET, say): the peer is gone, so the
+                        # handler gets no close() whose output would go to a dead socket
+                        self._read_error = exc
+                        self._runner.log.warning(
+                            "connection lost while reading: %s",
+                            describe_os_error(exc),
+                        )
                         return
                     stats.bytes_in += len(data)
                     try:
@@ -289,6 +298,8 @@ class Connection:
                 if writer.failed is not None:
                     self._read_scope.cancel()
                     return
+        if self._read_error is not None:
+            return  # not a clean end: close_quietly() gives the handler its close()
         # input ended cleanly: let the handler emit its last output
         handler = runner.take_handler()
         if handler is not None:

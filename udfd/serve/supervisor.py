@@ -40,7 +40,7 @@ from anyio.abc import TaskGroup, TaskStatus
 from udfd.config import Config, Function, load_config, resolve_functions
 from udfd.engine.limits import Limits
 from udfd.engine.stats import Histogram, Stats
-from udfd.errors import ConfigError, StartupError
+from udfd.errors import ConfigError, StartupError, describe_os_error
 from udfd.plugins.fallback import InfoStore
 from udfd.plugins.loader import discover
 from udfd.protocol import wire
@@ -590,7 +590,9 @@ class Supervisor:
                     now = time.monotonic()
                     if now - errors_logged > 10:
                         errors_logged = now
-                        log.error("%s: accept failed (%s); retrying", fs.name, exc)
+                        log.error(
+                            "%s: accept failed (%s); retrying", fs.name, describe_os_error(exc)
+                        )
                     await anyio.sleep(0.1)
                     continue
                 if fs.open >= fs.function.max_connections:
