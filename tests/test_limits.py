@@ -206,3 +206,33 @@ def test_a_stale_socket_that_cannot_be_removed_is_a_startup_error(
     monkeypatch.setattr(sockets.os, "unlink", refuse)
     with pytest.raises(StartupError, match="stale socket, but cannot remove it"):
         clear_stale_socket(path)
+
+
+async def test_a_connection_without_init_is_closed_after_init_timeout(workdir: Path) -> None:
+    port = free_port()
+    config = (
+        f'health = "127.0.0.1:{port}"\ninit_timeout = "1s"\n'
+        '[functions.f]\nhandler = "state_change"\n'
+    )
+    (workdir / "d").mkdir()
+    daemon = DaemonProcess(workdir / "d", config)
+    try:
+        daemon.wait_for("ready: 1 function(s) ready, 0 failed")
+        started = time.monotonic()
+        said = await anyio.to_thread.run_sync(read_error, daemon.socket("f"))  # sends nothing
+        waited = time.monotonic() - started
+        assert "no Init within init_timeout (1s)" in said
+        async with connect(daemon.socket("f")) as task:  # a real task is not affected
+            await task.info()
+            assert (await task.init({"field": "value"})).success
+            await anyio.sleep(1.5)
+            await task.keepalive()
+            await task.finish()
+        daemon.wait_for("no Init within init_timeout")
+        deadline = time.monotonic() + 10
+        while metric(port, "udfd_connections_idle_closed_total", "f") < 1:
+            assert time.monotonic() < deadline
+            await anyio.sleep(0.1)
+    finally:
+        daemon.close()
+    print(f"\nidle connection closed after {waited:.2f}s (init_timeout 1s)")

@@ -162,6 +162,8 @@ class Config(BaseSettings):
     slow_call: Duration = timedelta(seconds=1)
     #: open connections one function accepts; more are refused with an ErrorResponse
     max_connections: int = Field(default=256, ge=1, le=100_000)
+    #: a connection without a successful Init is closed after this long
+    init_timeout: Duration = timedelta(seconds=30)
     #: the listen() backlog of every socket (the kernel caps it at net.core.somaxconn)
     listen_backlog: int = Field(default=1024, ge=1, le=65_535)
     #: worker processes of the default pool

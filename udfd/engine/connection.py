@@ -132,6 +132,7 @@ class Connection:
                 tg.start_soon(self._writer.run)
                 tg.start_soon(self._run_handler, receive)
                 tg.start_soon(self._watch)
+                tg.start_soon(self._expect_init)
                 with self._read_scope:
                     await self._read(send)
         finally:
@@ -310,6 +311,22 @@ class Connection:
             runner.out.discard_open_batch()
             self._send_output()
         runner.stop_handler_loop()
+
+    async def _expect_init(self) -> None:
+        """End a connection that has not completed Init within ``init_timeout``."""
+        deadline = time.monotonic() + self._limits.init_timeout
+        while self._runner.handler is None and not self._runner.stopping:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                self._stats.idle_closed += 1
+                message = (
+                    f"udfd: no Init within init_timeout ({self._limits.init_timeout:g}s); "
+                    "udfd ended the connection"
+                )
+                self._runner.log.warning("%s", message.removeprefix("udfd: "))
+                self._fail(message)
+                return
+            await anyio.sleep(min(left, 0.5))
 
     async def _watch(self) -> None:
         """The watchdog, for as long as the handler side runs (its ``finally`` ends it)."""

@@ -31,3 +31,8 @@ class Limits:
     #: moving gets an unsolicited keepalive answer (Kapacitor's timer is reset by
     #: any response); well under Kapacitor's own timeout (10 s by default)
     heartbeat: float = 1.0
+    #: seconds a connection may stay open without a successful Init. Kapacitor sends
+    #: Info and Init at once when a task starts (its start-up probe sends Info and
+    #: closes), so a connection that idles here is not Kapacitor's: it would only hold
+    #: a file descriptor (1,000 of them once made every function unreachable)
+    init_timeout: float = 30.0

@@ -47,6 +47,8 @@ class Stats:
     handler_timeouts: int = 0
     bytes_in: int = 0
     bytes_out: int = 0
+    #: connections closed for sending no Init within ``init_timeout``
+    idle_closed: int = 0
     #: shared objects (models) this function's connections loaded into a worker ...
     resource_loads: int = 0
     #: ... and found already loaded there (``Context.shared``)

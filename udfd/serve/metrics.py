@@ -26,6 +26,10 @@ COUNTERS = {
     "udfd_points_out": ("points_out", "Points sent to Kapacitor."),
     "udfd_batches_in": ("batches_in", "Batches received from Kapacitor."),
     "udfd_connections": ("connections_total", "Connections accepted."),
+    "udfd_connections_idle_closed": (
+        "idle_closed",
+        "Connections closed for sending no Init within init_timeout.",
+    ),
     "udfd_connections_refused": (
         "connections_refused",
         "Connections refused because the function had max_connections open.",

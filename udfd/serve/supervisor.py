@@ -155,6 +155,7 @@ def _limits(config: Config, fn: Function) -> Limits:
         handler_timeout=fn.handler_timeout.total_seconds(),
         slow_call=fn.slow_call.total_seconds(),
         heartbeat=max(0.05, min(1.0, fn.timeout.total_seconds() / 4)),
+        init_timeout=config.init_timeout.total_seconds(),
     )
 
 
