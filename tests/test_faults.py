@@ -63,3 +63,45 @@ def test_a_failed_status_write_leaves_no_temp_file(
     write_status(tmp_path / "status.json", {"functions": []})
     assert list(tmp_path.iterdir()) == []
     assert "No space left on device" in caplog.text
+
+
+def test_a_removed_socket_directory_is_noticed_and_the_socket_comes_back(workdir: Path) -> None:
+    import json
+    import shutil
+    import time
+
+    import anyio
+
+    from udfd.protocol.client import probe_info
+    from udfd.testing import DaemonProcess
+
+    (workdir / "d").mkdir()
+    daemon = DaemonProcess(workdir / "d", '[functions.f]\nhandler = "state_change"\n')
+    try:
+        daemon.wait_for("ready: 1 function(s) ready, 0 failed")
+        shutil.rmtree(daemon.sockets)  # a cleaned /run, a tmp reaper
+        daemon.wait_for("its socket file", timeout=15)
+        info = anyio.run(probe_info, daemon.socket("f"))
+        assert info.wants == 0  # answering again, on a fresh socket file
+        # now the directory cannot be made again: reported, not hidden
+        shutil.rmtree(daemon.sockets)
+        daemon.sockets.write_text("in the way")
+        daemon.wait_for("cannot be re-created", timeout=15)
+        status_file = workdir / "d" / "state" / "status.json"
+        deadline = time.monotonic() + 15
+        while True:
+            entry = json.loads(status_file.read_text())["functions"][0]
+            if entry["state"] == "failed" or time.monotonic() > deadline:
+                break
+            time.sleep(0.2)
+        assert entry["state"] == "failed" and "socket file missing" in entry["error"]
+        daemon.sockets.unlink()  # out of the way: it recovers by itself
+        deadline = time.monotonic() + 15
+        while not daemon.socket("f").exists():
+            assert time.monotonic() < deadline
+            time.sleep(0.1)
+        assert anyio.run(probe_info, daemon.socket("f")).wants == 0
+        assert daemon.stop() == 0
+    finally:
+        daemon.close()
+    assert "Traceback" not in daemon.log

@@ -132,7 +132,6 @@ class Connection:
                 tg.start_soon(self._writer.run)
                 tg.start_soon(self._run_handler, receive)
                 tg.start_soon(self._watch)
-                tg.start_soon(self._expect_init)
                 with self._read_scope:
                     await self._read(send)
         finally:
@@ -329,9 +328,12 @@ class Connection:
             await anyio.sleep(min(left, 0.5))
 
     async def _watch(self) -> None:
-        """The watchdog, for as long as the handler side runs (its ``finally`` ends it)."""
+        """The watchdog and the Init deadline, for as long as the handler side runs (its
+        ``finally`` ends them): a peer that closes before Init must not wait for either."""
         with self._watch_scope:
-            await self._watchdog.run()
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(self._expect_init)
+                await self._watchdog.run()
 
     def _handler_stuck(self, callback: str) -> None:
         """The watchdog saw a call stuck past ``handler_timeout``: end this connection.

@@ -14,6 +14,7 @@ import errno
 import grp
 import logging
 import os
+import secrets
 import socket
 import stat
 from pathlib import Path
@@ -139,11 +140,11 @@ def ensure_socket_dir(directory: Path) -> None:
 
 
 def _temporary_name(path: Path) -> Path:
-    """A name beside ``path`` to bind and set up under before the socket is published."""
-    name = f".{os.getpid()}.{path.name}"
-    candidate = path.with_name(name)
+    """A fresh name beside ``path`` to bind and set up under before it is published."""
+    token = f".{os.getpid()}.{secrets.token_hex(4)}"
+    candidate = path.with_name(f"{token}.{path.name}")
     if len(os.fsencode(candidate)) > MAX_SOCKET_PATH:
-        candidate = path.with_name(f".{os.getpid()}.{abs(hash(path.name)) % 10**8}")
+        candidate = path.with_name(token)
     return candidate
 
 
@@ -162,8 +163,6 @@ def bind_unix(
     ensure_socket_dir(path.parent)
     clear_stale_socket(path)
     temporary = _temporary_name(path)
-    with contextlib.suppress(FileNotFoundError):
-        os.unlink(temporary)  # our own leftover: the name holds our pid
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
         sock.bind(os.fspath(temporary))

@@ -63,6 +63,8 @@ log = logging.getLogger("udfd.supervisor")
 
 #: seconds between refreshes of the status file's counters
 STATUS_INTERVAL = 5.0
+#: seconds between checks that every socket file is still there
+SOCKET_CHECK_INTERVAL = 2.0
 #: how long a held connection waits for a worker before it is told why not
 HOLD_TIMEOUT = 30.0
 #: after the grace period, how long workers get to flush and exit before SIGKILL
@@ -117,6 +119,8 @@ class FunctionState:
     refused: int = 0
     #: when a refusal was last logged (they are logged at most every 10 s)
     refused_logged: float = -1e9
+    #: why the socket file is missing and could not be re-created ("" when it is fine)
+    socket_error: str = ""
 
     @property
     def name(self) -> str:
@@ -137,8 +141,8 @@ class FunctionState:
             "socket": str(self.function.socket),
             "handler": self.function.handler,
             "pool": self.function.pool,
-            "state": self.state,
-            "error": self.error,
+            "state": "failed" if self.socket_error else self.state,
+            "error": self.socket_error or self.error,
             "origin": self.origin,
             "load_s": self.load_s,
             "worker_pids": [
@@ -300,6 +304,7 @@ class Supervisor:
                 await self._start_health(tg)
                 task_status.started(self)
                 tg.start_soon(self._publish_periodically)
+                tg.start_soon(self._guard_sockets)
                 interval = systemd.watchdog_interval()
                 if interval is not None:
                     tg.start_soon(self._ping_watchdog, interval)
@@ -777,6 +782,55 @@ class Supervisor:
         assert self._publish_lock is not None
         async with self._publish_lock:
             await anyio.to_thread.run_sync(write_status, self._status_path, self.status())
+
+    async def _guard_sockets(self) -> None:
+        """Notice a socket file that was deleted (a cleaned /run or /tmp, a removed
+        directory) or replaced, and publish the socket again.
+
+        Kapacitor connects by path: a listening socket whose file is gone serves
+        nobody while the status still says ready. Re-binding creates the directory
+        again; if that fails, the function is reported failed, with the reason, in
+        the status file, /health and ``udfd check``, until it works.
+        """
+        while True:
+            await anyio.sleep(SOCKET_CHECK_INTERVAL)
+            for fs in list(self.functions.values()):
+                if fs.closed or fs.activated or self.stopping:
+                    continue
+                try:
+                    present = os.lstat(fs.function.socket).st_ino == fs.inode
+                except OSError:
+                    present = False
+                if present:
+                    continue
+                await self._rebind(fs)
+
+    async def _rebind(self, fs: FunctionState) -> None:
+        try:
+            fresh = self._bind(fs.function)
+        except StartupError as exc:
+            if fs.socket_error != str(exc):
+                log.error("%s: its socket file is gone and cannot be re-created: %s", fs.name, exc)
+                fs.socket_error = f"socket file missing: {exc}"
+                await self._publish()
+            return
+        log.error(
+            "%s: its socket file %s was removed or replaced; listening there again",
+            fs.name,
+            fs.function.socket,
+        )
+        old_scope, old_sock = fs.accept_scope, fs.sock
+        fs.sock, fs.inode, fs.socket_error = fresh.sock, fresh.inode, ""
+        if old_scope is not None:
+            old_scope.cancel()
+            # let the old accept loop leave its wait on the old socket before that is
+            # closed: a closed descriptor's number is reused at once (by the next accepted
+            # connection), and a wait still registered on it would take that one's events
+            await anyio.sleep(0.05)
+        old_sock.close()
+        assert self._tg is not None
+        self._tg.start_soon(self._accept, fs)
+        await self._publish()
 
     async def _publish_periodically(self) -> None:
         while True:
