@@ -236,3 +236,21 @@ async def test_a_connection_without_init_is_closed_after_init_timeout(workdir: P
     finally:
         daemon.close()
     print(f"\nidle connection closed after {waited:.2f}s (init_timeout 1s)")
+
+
+def test_world_writable_sockets_are_warned_about_at_start(workdir: Path) -> None:
+    (workdir / "d").mkdir()
+    config = 'socket_mode = "0666"\n[functions.open]\nhandler = "state_change"\n'
+    daemon = DaemonProcess(workdir / "d", config)
+    try:
+        line = daemon.wait_for("world-writable")
+        assert "open" in line and 'socket_mode = "0660"' in line
+        daemon.wait_for("ready: 1 function(s) ready, 0 failed")
+    finally:
+        daemon.close()
+    quiet = DaemonProcess(workdir / "d", '[functions.closed]\nhandler = "state_change"\n')
+    try:
+        quiet.wait_for("ready: 1 function(s) ready, 0 failed")
+    finally:
+        quiet.close()
+    assert "world-writable" not in quiet.log

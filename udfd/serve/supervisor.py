@@ -207,6 +207,15 @@ class Supervisor:
         if not resolved:
             log.warning("no functions to serve: no handlers are installed or configured")
         raise_fd_limit(fn.max_connections for fn in resolved)  # before the spawner forks
+        open_to_all = [fn.name for fn in resolved if (fn.socket_mode or 0) & 0o002]
+        if open_to_all:
+            log.warning(
+                "the sockets of %s are world-writable (socket_mode %s): any local user can "
+                "connect to them. Set socket_group to Kapacitor's group and socket_mode = "
+                '"0660" (the embedded default config is 0666 so that it works out of the box)',
+                ", ".join(open_to_all),
+                oct(next(fn.socket_mode or 0 for fn in resolved if fn.name == open_to_all[0])),
+            )
         passed = activation.take_passed_sockets()
         bound: list[FunctionState] = []
         try:
