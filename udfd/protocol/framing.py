@@ -102,9 +102,15 @@ class FrameDecoder:
         while pos < end:
             first = buf[pos]
             if first < 0x80:
-                # the common case: a message under 128 bytes
+                # the common case: a message under 128 bytes (over the limit only if the
+                # limit itself is under 128, which the fuzzer found unchecked here)
                 size = first
                 start = pos + 1
+                if size > limit:
+                    raise FrameError(
+                        f"message of {size} bytes announced, over the limit of {limit} bytes",
+                        frames,
+                    )
             else:
                 try:
                     size, start = _decode_long_prefix(buf, pos, end)
