@@ -486,3 +486,20 @@ field = {json.dumps(FEATURES)}
         daemon.close()
     assert not by_task.init.success and "task_pins = false" in by_task.init.error
     assert by_config.init.success, by_config.init.error
+
+
+async def test_a_model_file_that_vanishes_fails_new_tasks_only(served: Served) -> None:
+    model = served.models / "vanishing.onnx"
+    model.write_bytes(isolation_forest_to_onnx(fitted_forest(seed=80), FEATURES))
+    rows = normal_rows(20, 13)
+    async with connect(served.socket()) as running:
+        await running.info()
+        assert (await running.init({"model": str(model)})).success
+        await running.send_points(points(rows[:10]))
+        model.unlink()  # deleted under the running task
+        refused = await run_task(served.socket(), {"model": str(model)})
+        await running.send_points(points(rows[10:], start=10 * 1_000_000_000))
+        kept = await running.finish()
+    assert not refused.init.success and "does not exist" in refused.init.error
+    assert len(kept) == 20  # the running task scores with the model it loaded
+    assert served.health("isolation_forest")["state"] == "serving"
