@@ -105,3 +105,43 @@ def test_a_removed_socket_directory_is_noticed_and_the_socket_comes_back(workdir
     finally:
         daemon.close()
     assert "Traceback" not in daemon.log
+
+
+def test_after_a_sigkill_of_the_supervisor_a_restart_cleans_up_and_serves(workdir: Path) -> None:
+    import json
+    import signal
+    import time
+
+    import anyio
+
+    from udfd.protocol.client import probe_info
+    from udfd.testing import DaemonProcess
+
+    (workdir / "d").mkdir()
+    config = '[functions.f]\nhandler = "state_change"\n[functions.g]\nhandler = "threshold"\n'
+    first = DaemonProcess(workdir / "d", config)
+    try:
+        first.wait_for("ready: 2 function(s) ready, 0 failed")
+        state = workdir / "d" / "state"
+        deadline = time.monotonic() + 10
+        while not (state / "info.json").exists():
+            assert time.monotonic() < deadline
+            time.sleep(0.1)
+        first.proc.send_signal(signal.SIGKILL)  # no cleanup at all
+        first.proc.wait(10)
+    finally:
+        first.close()
+    assert first.socket("f").exists()  # left behind, nobody listening
+    second = DaemonProcess(workdir / "d", config)
+    try:
+        second.wait_for("ready: 2 function(s) ready, 0 failed")
+        assert second.log.count("removed stale socket") == 2
+        for name in ("f", "g"):
+            anyio.run(probe_info, second.socket(name))
+        status = json.loads((state / "status.json").read_text())
+        assert status["pid"] == second.proc.pid and status["ready"] is True
+        assert set(json.loads((state / "info.json").read_text())["functions"]) >= {"f", "g"}
+        assert second.stop() == 0
+    finally:
+        second.close()
+    assert not second.socket("f").exists()  # a clean stop removes its sockets
