@@ -254,3 +254,40 @@ def test_world_writable_sockets_are_warned_about_at_start(workdir: Path) -> None
     finally:
         quiet.close()
     assert "world-writable" not in quiet.log
+
+
+async def test_max_groups_bounds_a_handlers_state_and_counts_the_rest() -> None:
+    from udfd import GroupState, Handler, Output, Point, make_point
+    from udfd.engine.limits import Limits
+    from udfd.testing import serve_handler
+
+    class PerGroup(Handler):
+        def init(self) -> None:
+            self.seen: GroupState[int] = GroupState(int)
+
+        def point(self, point: Point) -> Output:
+            self.seen[point.group] += 1
+            return point
+
+    sent = [make_point("m", i, {"v": 1.0}, group=f"g{i % 5}") for i in range(50)]
+    async with serve_handler(PerGroup, limits=Limits(max_groups=3)) as site:
+        run = await run_task(site.path, points=sent)
+    assert {p.group for p in run.points} == {"g0", "g1", "g2"}
+    assert len(run.points) == 30 and site.stats.dropped == 20
+
+
+async def test_a_batch_over_max_batch_points_is_dropped_whole() -> None:
+    from udfd import BatchHandler
+    from udfd.engine.limits import Limits
+    from udfd.testing import check_batch_framing, make_batch, serve_handler
+
+    class Echo(BatchHandler):
+        pass
+
+    big = make_batch("m", [(i, {"v": float(i)}) for i in range(15)], group="big")
+    small = make_batch("m", [(i, {"v": float(i)}) for i in range(5)], group="small")
+    async with serve_handler(Echo, limits=Limits(max_batch_points=10)) as site:
+        run = await run_task(site.path, batches=[big, small])
+    (kept,) = check_batch_framing(run.output, [small])
+    assert len(kept) == 5 and run.errors == []
+    assert site.stats.dropped == 15  # every point of the big batch, none silently

@@ -20,7 +20,7 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Generic, TypeAlias, TypeVar, cast, get_args, get_origin
 
-from udfd.errors import HandlerDefinitionError
+from udfd.errors import HandlerDefinitionError, PointError
 from udfd.options import NoOptions, Options, OptionSpec, info_options, option_specs
 from udfd.protocol.proto import udf_pb2 as pb
 from udfd.shared import PROCESS_RESOURCES, SharedView
@@ -237,10 +237,16 @@ class BatchHandler(Handler[OptionsT]):
     wants: ClassVar[Edge] = Edge.BATCH
     provides: ClassVar[Edge] = Edge.BATCH
 
+    #: the most points a batch may hold (0: no bound); udfd sets it from
+    #: ``max_batch_points``. A larger batch is dropped whole, each point counted: a
+    #: truncated batch would be a wrong answer.
+    max_batch_points: int = 0
+
     def __init__(self, options: OptionsT, context: Context | None = None) -> None:
         super().__init__(options, context)
         self._begin: pb.BeginBatch | None = None
         self._points: list[pb.Point] = []
+        self._overflow = 0
 
     def process_batch(
         self, points: list[pb.Point], begin: pb.BeginBatch, end: pb.EndBatch
@@ -251,15 +257,31 @@ class BatchHandler(Handler[OptionsT]):
     def begin_batch(self, begin: pb.BeginBatch) -> Output:
         self._begin = begin
         self._points = []
+        self._overflow = 0
         return None
 
     def point(self, point: pb.Point) -> Output:
+        if self.max_batch_points and len(self._points) >= self.max_batch_points:
+            self._overflow += 1  # kept no longer: the batch is dropped at its end
+            return None
         self._points.append(point)
         return None
 
     def end_batch(self, end: pb.EndBatch) -> Output:
         begin = self._begin if self._begin is not None else pb.BeginBatch()
         points, self._points, self._begin = self._points, [], None
+        if self._overflow:
+            total = len(points) + self._overflow
+            error = PointError(
+                f"batch of {total} points is over max_batch_points ({self.max_batch_points}): "
+                "dropped whole"
+            )
+            self._overflow = 0
+            for point in points:
+                self.context.drop(point, error)
+            for _ in range(total - len(points)):
+                self.context.drop(pb.Point(), error)
+            return None
         return batch_output(begin, list(self.process_batch(points, begin, end)), end)
 
 

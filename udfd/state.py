@@ -16,7 +16,7 @@ import json
 from collections.abc import Callable, Mapping
 from typing import Any, TypeVar
 
-from udfd.errors import UdfdError
+from udfd.errors import PointError, UdfdError
 
 S = TypeVar("S")
 
@@ -31,6 +31,10 @@ def _identity(value: Any) -> Any:
     return value
 
 
+class TooManyGroups(PointError):
+    """A point of a new group, beyond ``max_groups``: dropped and counted."""
+
+
 class GroupState(dict[str, S]):
     """A mapping from group key to one state object, created on first use.
 
@@ -42,7 +46,7 @@ class GroupState(dict[str, S]):
     point: only a group seen for the first time reaches Python (``__missing__``).
     """
 
-    __slots__ = ("_dump", "_factory", "_load")
+    __slots__ = ("_dump", "_factory", "_load", "limit")
 
     def __init__(
         self,
@@ -55,8 +59,16 @@ class GroupState(dict[str, S]):
         self._factory = factory
         self._dump = dump
         self._load = load
+        #: the most groups it holds (0: no bound); udfd sets it from ``max_groups`` after
+        #: Init, so a peer sending ever new groups cannot grow a connection's memory
+        self.limit = 0
 
     def __missing__(self, group: str) -> S:
+        if self.limit and len(self) >= self.limit:
+            raise TooManyGroups(
+                f"{len(self)} groups are kept already (max_groups = {self.limit}): a point "
+                f"of the new group {group!r} is dropped"
+            )
         state = self[group] = self._factory()
         return state
 

@@ -36,3 +36,8 @@ class Limits:
     #: closes), so a connection that idles here is not Kapacitor's: it would only hold
     #: a file descriptor (1,000 of them once made every function unreachable)
     init_timeout: float = 30.0
+    #: groups one GroupState of a connection's handler may hold; a point of a new group
+    #: beyond it is dropped and counted (a peer inventing groups cannot grow memory)
+    max_groups: int = 100_000
+    #: points one batch may hold in a BatchHandler; a larger batch is dropped whole
+    max_batch_points: int = 100_000

@@ -40,7 +40,15 @@ from udfd.errors import (
     RestoreFailed,
     TaskError,
 )
-from udfd.handler import MAX_POINTS_CALL, Context, Edge, ErrorPolicy, Handler, HandlerSpec
+from udfd.handler import (
+    MAX_POINTS_CALL,
+    BatchHandler,
+    Context,
+    Edge,
+    ErrorPolicy,
+    Handler,
+    HandlerSpec,
+)
 from udfd.options import build_options
 from udfd.protocol import wire
 from udfd.protocol.proto import udf_pb2 as pb
@@ -779,7 +787,15 @@ class Runner:
             )
             return
         self._handler = handler
+        self._apply_bounds(handler)
         answer(wire.init_frame(True))
+
+    def _apply_bounds(self, handler: Handler[Any]) -> None:
+        """Bound what a handler keeps per connection: groups of state, points of a batch."""
+        for state in handler._group_states().values():
+            state.limit = self._limits.max_groups
+        if isinstance(handler, BatchHandler):
+            handler.max_batch_points = self._limits.max_batch_points
 
     async def _snapshot(self) -> None:
         handler = self._handler

@@ -160,6 +160,8 @@ def _limits(config: Config, fn: Function) -> Limits:
         slow_call=fn.slow_call.total_seconds(),
         heartbeat=max(0.05, min(1.0, fn.timeout.total_seconds() / 4)),
         init_timeout=config.init_timeout.total_seconds(),
+        max_groups=config.max_groups,
+        max_batch_points=config.max_batch_points,
     )
 
 
