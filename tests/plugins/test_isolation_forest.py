@@ -309,6 +309,7 @@ async def test_keepalives_are_answered_while_a_large_batch_is_scored(served: Ser
         during: list[float] = []  # answered before any of the batch came back
         latencies: list[float] = []
         while len(client.output) < len(rows) + 2:
+            assert time.perf_counter() - started < 60, f"only {len(client.output)} outputs"
             latency = await client.keepalive()
             latencies.append(latency)
             if len(client.output) == 0:

@@ -165,7 +165,7 @@ class Config(BaseSettings):
     #: groups of state one connection's handler may keep (per GroupState)
     max_groups: int = Field(default=100_000, ge=1)
     #: points one batch may hold in a batch handler; a larger batch is dropped whole
-    max_batch_points: int = Field(default=100_000, ge=1)
+    max_batch_points: int = Field(default=1_000_000, ge=1)
     #: a connection without a successful Init is closed after this long
     init_timeout: Duration = timedelta(seconds=30)
     #: the listen() backlog of every socket (the kernel caps it at net.core.somaxconn)

@@ -40,4 +40,4 @@ class Limits:
     #: beyond it is dropped and counted (a peer inventing groups cannot grow memory)
     max_groups: int = 100_000
     #: points one batch may hold in a BatchHandler; a larger batch is dropped whole
-    max_batch_points: int = 100_000
+    max_batch_points: int = 1_000_000
