@@ -940,3 +940,19 @@ async def test_a_connection_reset_is_not_a_clean_end_of_input(
     assert "connection lost while reading: ECONNRESET" in caplog.text
     assert RecordsClose.closed[0] == "reset-task"  # close() still ran, quietly
     assert clean.points[-1].name == "farewell"  # a clean end still sends close()'s output
+
+
+class Interrupted(udfd.Handler):
+    def point(self, point: pb.Point) -> udfd.Output:
+        raise KeyboardInterrupt
+
+
+async def test_a_keyboardinterrupt_raised_by_a_handler_ends_only_its_connection() -> None:
+    # handler code never runs on the main thread, where a real Ctrl-C arrives: a
+    # KeyboardInterrupt in a callback is the handler's own raise. It is not dropped like a
+    # point (not even under drop), and it does not stop the daemon: it ends this connection.
+    async with serve_handler(Interrupted, error_policy="drop") as site:
+        run = await run_task(site.path, points=points(3))
+        neighbour = await run_task(site.path)  # the function still serves
+    assert any("KeyboardInterrupt" in e for e in run.errors)
+    assert neighbour.init.success and site.stats.dropped == 0

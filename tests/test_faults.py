@@ -145,3 +145,54 @@ def test_after_a_sigkill_of_the_supervisor_a_restart_cleans_up_and_serves(workdi
     finally:
         second.close()
     assert not second.socket("f").exists()  # a clean stop removes its sockets
+
+
+@pytest.mark.anyio
+async def test_a_plugin_failing_at_each_stage_harms_only_its_own_function(workdir: Path) -> None:
+    from daemon_harness import DaemonProcess as Daemon
+
+    from udfd import make_point
+    from udfd.protocol.client import UdfError, connect
+    from udfd.testing import run_task
+
+    config = """
+[functions.at_import]
+handler = "HANDLERS/fails_at_import.py:Handler"
+[functions.at_init]
+handler = "HANDLERS/faults.py:FailsAtInit"
+[functions.at_point]
+handler = "HANDLERS/faults.py:FailsAtPoint"
+[functions.at_snapshot]
+handler = "HANDLERS/faults.py:FailsAtSnapshot"
+[functions.neighbour]
+handler = "HANDLERS/handlers.py:Mirror"
+"""
+    (workdir / "d").mkdir()
+    daemon = Daemon(workdir / "d", config)
+    points = [make_point("m", i, {"v": float(i)}) for i in range(10)]
+    try:
+        daemon.wait_for("ready: 4 function(s) ready, 1 failed")
+        imported = await run_task(daemon.socket("at_import"))
+        at_init = await run_task(daemon.socket("at_init"))
+        at_point = await run_task(daemon.socket("at_point"), points=points)
+        async with connect(daemon.socket("at_snapshot")) as client:
+            await client.info()
+            assert (await client.init({})).success
+            await client.send_points(points)
+            with pytest.raises(UdfError, match="snapshot failed: OSError: state store unreachable"):
+                await client.snapshot()
+        neighbour = await run_task(daemon.socket("neighbour"), points=points)
+        assert daemon.stop() == 0
+    finally:
+        daemon.close()
+    assert not imported.init.success and "this plugin needs a library" in imported.init.error
+    assert not at_init.init.success and "RuntimeError: no database connection" in at_init.init.error
+    assert any("ZeroDivisionError" in e for e in at_point.errors)
+    assert [p.time for p in neighbour.points] == list(range(10))  # untouched by the others
+    for reason in (
+        "this plugin needs a library",
+        "no database connection",
+        "ZeroDivisionError",
+        "state store unreachable",
+    ):
+        assert reason in daemon.log  # every failure is in udfd's own log too
