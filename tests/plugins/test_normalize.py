@@ -122,3 +122,28 @@ async def test_a_table_from_the_config_as_a_toml_table() -> None:
 
     options = NormalizeOptions.model_validate({"field": "state", "map": {"SHOWTIME": 1}})
     assert options.map == [("SHOWTIME", 1.0)]
+
+
+async def test_golden_adsl_through_the_daemon_with_the_table_in_the_config(workdir: Any) -> None:
+    """The same golden data through a real `udfd serve`, the table in the config."""
+    from udfd.testing import DaemonProcess, run_task
+
+    config = (
+        '[functions.adsl_numeric]\nhandler = "normalize"\n'
+        "[functions.adsl_numeric.options]\n"
+        'field = "state"\nmap = { SHOWTIME = 1.0, TRAINING = 0.0 }\n'
+    )
+    (workdir / "d").mkdir()
+    daemon = DaemonProcess(workdir / "d", config)
+    try:
+        daemon.wait_for("ready: 1 function(s) ready, 0 failed", timeout=90)
+        sent = adsl_points()
+        run = await run_task(daemon.socket("adsl_numeric"), {}, points=sent)
+    finally:
+        daemon.close()
+    assert run.init.success, run.init.error
+    assert [(p.time, p.fieldsDouble["state"]) for p in run.points] == [
+        (t, 1.0 if state == "SHOWTIME" else 0.0) for t, state in ADSL
+    ]
+    for out, before in zip(run.points, sent, strict=True):
+        assert identity(out) == identity(before)
