@@ -33,6 +33,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import anyio
+from bench_isolation import descendants
 
 from udfd import make_point
 from udfd.protocol import wire
@@ -62,28 +63,10 @@ class Tally:
     errors: list[str] = field(default_factory=list)
 
 
-def family(pid: int) -> list[int]:
-    """The supervisor and every descendant, from /proc."""
-    parents: dict[int, int] = {}
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                with open(f"/proc/{entry}/stat") as f:
-                    parents[int(entry)] = int(f.read().rsplit(")", 1)[1].split()[1])
-            except (OSError, ValueError, IndexError):
-                continue
-    members, frontier = [pid], [pid]
-    while frontier:
-        children = [p for p, parent in parents.items() if parent in frontier]
-        members += children
-        frontier = children
-    return members
-
-
 def sample(pid: int) -> tuple[int, float, int]:
     """Open descriptors, RSS (MiB) and threads of the daemon's whole process family."""
     fds = rss = threads = 0
-    for member in family(pid):
+    for member in [pid, *descendants(pid)]:
         try:
             fds += len(os.listdir(f"/proc/{member}/fd"))
             with open(f"/proc/{member}/status") as f:
