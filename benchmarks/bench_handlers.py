@@ -77,8 +77,8 @@ def model_cases(workdir: Path) -> list[Case]:
     """
     try:
         import numpy as np
-        from skl2onnx import to_onnx
         from sklearn.ensemble import IsolationForest, RandomForestClassifier
+        from udfd_ml.models.classifier_onnx import classifier_to_onnx
         from udfd_ml.models.iforest_onnx import isolation_forest_to_onnx
     except ImportError as exc:
         print(f"(model handlers skipped: {exc})")
@@ -89,14 +89,8 @@ def model_cases(workdir: Path) -> list[Case]:
     forest_file.write_bytes(isolation_forest_to_onnx(forest, ["value"]))
     labels = (values[:, 0] // 50_000).astype(int)
     trees = RandomForestClassifier(n_estimators=50, max_depth=8, random_state=0).fit(values, labels)
-    converted = to_onnx(
-        trees,
-        values[:1].astype(np.float32),
-        options={id(trees): {"zipmap": False}},
-        target_opset={"": 17, "ai.onnx.ml": 3},
-    )
     classifier_file = workdir / "classifier.onnx"
-    classifier_file.write_bytes(converted.SerializeToString())
+    classifier_file.write_bytes(classifier_to_onnx(trees, 1))
     forest_note = "100 trees, scored per chunk"
     return [
         Case("isolation_forest", "isolation_forest", {"model": str(forest_file)}, note=forest_note),

@@ -23,11 +23,10 @@ from typing import Any
 import numpy as np
 from skl2onnx import to_onnx
 from sklearn.ensemble import IsolationForest, RandomForestClassifier
+from udfd_ml.models.classifier_onnx import OPSETS, classifier_to_onnx
 from udfd_ml.models.files import ModelBytes
 from udfd_ml.models.iforest_onnx import isolation_forest_to_onnx
 from udfd_ml.models.loaded import load_classifier, session
-
-OPSETS = {"": 17, "ai.onnx.ml": 3}
 
 
 def best_ms(call: Callable[[], Any], repeat: int, budget: float) -> float:
@@ -83,16 +82,9 @@ def main() -> None:
 
     labels = (train[:, 0] + train[:, 1] > 0.3).astype(int)
     classifier = RandomForestClassifier(n_estimators=50, random_state=0).fit(train, labels)
-    converted = to_onnx(
-        classifier,
-        train[:1].astype(np.float32),
-        options={id(classifier): {"zipmap": False}},
-        target_opset=OPSETS,
-    )
-    onnx_classifier = session(converted.SerializeToString())
-    served = load_classifier(
-        ModelBytes(Path("bench.onnx"), converted.SerializeToString(), "", "onnx")
-    )
+    converted = classifier_to_onnx(classifier, 3)
+    onnx_classifier = session(converted)
+    served = load_classifier(ModelBytes(Path("bench.onnx"), converted, "", "onnx"))
     print("\nRandom forest classifier, 3 features, 50 trees: ms per call (µs per row)")
     print(f"{'rows':>7} {'scikit-learn':>20} {'skl2onnx ONNX':>20}  same: ONNX label, as served")
     for n in (1, 100, 10_000, 200_000):

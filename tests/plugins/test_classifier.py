@@ -12,8 +12,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 from sensors import FEATURES, normal_rows, points
-from skl2onnx import to_onnx
 from sklearn.ensemble import RandomForestClassifier
+from udfd_ml.models.classifier_onnx import classifier_to_onnx
 
 from udfd.testing import DaemonProcess, check_batch_framing, make_batch, run_task, short_socket_dir
 
@@ -35,13 +35,7 @@ class Models:
         rows, labels = room_rows(3000, 1)
         self.estimator = RandomForestClassifier(n_estimators=40, random_state=0).fit(rows, labels)
         self.onnx = root / "rooms.onnx"
-        converted = to_onnx(
-            self.estimator,
-            rows[:1].astype(np.float32),
-            options={id(self.estimator): {"zipmap": False}},
-            target_opset={"": 17, "ai.onnx.ml": 3},
-        )
-        self.onnx.write_bytes(converted.SerializeToString())
+        self.onnx.write_bytes(classifier_to_onnx(self.estimator, 3))
         self.pickle = root / "rooms.pkl"
         self.pickle.write_bytes(pickle.dumps(self.estimator))
         self.sha256 = hashlib.sha256(self.pickle.read_bytes()).hexdigest()
@@ -101,14 +95,8 @@ async def test_exact_ties_go_to_the_first_class_as_in_scikit_learn(
     estimator = RandomForestClassifier(n_estimators=50, random_state=0).fit(
         train, (train[:, 0] + train[:, 1] > 0.3).astype(int)
     )
-    converted = to_onnx(
-        estimator,
-        train[:1].astype(np.float32),
-        options={id(estimator): {"zipmap": False}},
-        target_opset={"": 17, "ai.onnx.ml": 3},
-    )
     model = tmp_path / "ties.onnx"
-    model.write_bytes(converted.SerializeToString())
+    model.write_bytes(classifier_to_onnx(estimator, 3))
     rows = rng.normal(size=(20_000, 3))
     expected = estimator.predict(rows)
     from udfd_ml.models.loaded import session

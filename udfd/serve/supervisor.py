@@ -590,32 +590,40 @@ class Supervisor:
     # ------------------------------------------------------------ connections
 
     async def _accept(self, fs: FunctionState) -> None:
-        errors_logged = -1e9
         fs.accept_scope = anyio.CancelScope()
         if fs.closed:
             return
-        with fs.accept_scope:
-            while True:
-                try:
-                    await anyio.wait_readable(fs.sock)
-                    conn, _ = fs.sock.accept()
-                except BlockingIOError:
-                    continue
-                except OSError as exc:
-                    if fs.closed:
-                        return
-                    now = time.monotonic()
-                    if now - errors_logged > 10:
-                        errors_logged = now
-                        log.error(
-                            "%s: accept failed (%s); retrying", fs.name, describe_os_error(exc)
-                        )
-                    await anyio.sleep(0.1)
-                    continue
-                if fs.open >= fs.function.max_connections:
-                    self._refuse(fs, conn)
-                    continue
-                await self._dispatch(fs, conn)
+        sock = fs.sock  # the loop owns this socket; a rebind gives the next loop a new one
+        try:
+            with fs.accept_scope:
+                await self._accept_loop(fs, sock)
+        finally:
+            if sock is not fs.sock:
+                # replaced by _rebind: closed only now, when no wait is registered on its
+                # descriptor any more (the number is reused at once by the next accept)
+                sock.close()
+
+    async def _accept_loop(self, fs: FunctionState, sock: socket.socket) -> None:
+        errors_logged = -1e9
+        while True:
+            try:
+                await anyio.wait_readable(sock)
+                conn, _ = sock.accept()
+            except BlockingIOError:
+                continue
+            except OSError as exc:
+                if fs.closed:
+                    return
+                now = time.monotonic()
+                if now - errors_logged > 10:
+                    errors_logged = now
+                    log.error("%s: accept failed (%s); retrying", fs.name, describe_os_error(exc))
+                await anyio.sleep(0.1)
+                continue
+            if fs.open >= fs.function.max_connections:
+                self._refuse(fs, conn)
+                continue
+            await self._dispatch(fs, conn)
 
     def _refuse(self, fs: FunctionState, conn: socket.socket) -> None:
         """One connection too many: tell the peer why (Kapacitor shows it as the task's
@@ -830,15 +838,10 @@ class Supervisor:
             fs.name,
             fs.function.socket,
         )
-        old_scope, old_sock = fs.accept_scope, fs.sock
+        old_scope = fs.accept_scope
         fs.sock, fs.inode, fs.socket_error = fresh.sock, fresh.inode, ""
         if old_scope is not None:
-            old_scope.cancel()
-            # let the old accept loop leave its wait on the old socket before that is
-            # closed: a closed descriptor's number is reused at once (by the next accepted
-            # connection), and a wait still registered on it would take that one's events
-            await anyio.sleep(0.05)
-        old_sock.close()
+            old_scope.cancel()  # the old loop closes the old socket as it leaves
         assert self._tg is not None
         self._tg.start_soon(self._accept, fs)
         await self._publish()

@@ -226,19 +226,13 @@ class ClassifierTrainer:
         ]
         if args.format == "joblib":
             return Trained(_joblib_bytes(model), ".joblib", summary=summary)
-        skl2onnx = require("skl2onnx")
-        onnx = require("onnx")
+        from udfd_ml.models.classifier_onnx import classifier_to_onnx
         from udfd_ml.models.files import ModelBytes
         from udfd_ml.models.loaded import load_classifier
 
-        converted = skl2onnx.to_onnx(
+        payload = classifier_to_onnx(
             model,
-            rows[:1].astype(np.float32),
-            options={id(model): {"zipmap": False}},
-            target_opset={"": 17, "ai.onnx.ml": 3},
-        )
-        onnx.helper.set_model_props(
-            converted,
+            rows.shape[1],
             {
                 KIND: "classifier",
                 FEATURES: ",".join(data.features),
@@ -246,7 +240,6 @@ class ClassifierTrainer:
                 LABEL: data.label or "",
             },
         )
-        payload: bytes = converted.SerializeToString()
         # checked as the handler will serve it (ties resolved as scikit-learn does)
         served = load_classifier(ModelBytes(Path("model.onnx"), payload, "", "onnx"))
         predicted, _ = served.predict(check_rows, False)
