@@ -291,3 +291,43 @@ async def test_a_batch_over_max_batch_points_is_dropped_whole() -> None:
     (kept,) = check_batch_framing(run.output, [small])
     assert len(kept) == 5 and run.errors == []
     assert site.stats.dropped == 15  # every point of the big batch, none silently
+
+
+def test_auto_socket_mode_is_0660_with_kapacitors_group_when_udfd_may_use_it(
+    workdir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import grp
+    import os
+    import stat
+
+    from udfd.config import load_config, resolve_functions
+    from udfd.serve import sockets
+
+    toml = workdir / "auto.toml"
+    toml.write_text('socket_mode = "auto"\n[functions.f]\nhandler = "state_change"\n')
+    config = load_config(toml, env={})
+    # no group "kapacitor" on this machine (checked, so the test can fail if one appears)
+    assert all(sockets.usable_group((g,)) is None for g in sockets.KAPACITOR_GROUPS)
+    (fn,) = resolve_functions(config)
+    assert (fn.socket_mode, fn.socket_group) == (0o666, None)
+    # a group udfd may use stands in for Kapacitor's: this process's own group
+    own = grp.getgrgid(os.getegid()).gr_name
+    monkeypatch.setattr(sockets, "KAPACITOR_GROUPS", ("no-such-group-here", own))
+    (fn,) = resolve_functions(config)
+    assert (fn.socket_mode, fn.socket_group) == (0o660, own)
+    # an explicit group wins over the search
+    explicit = load_config(toml, env={"UDFD_SOCKET_GROUP": own})
+    assert resolve_functions(explicit)[0].socket_group == own
+    monkeypatch.undo()
+
+    (workdir / "d").mkdir()
+    daemon = DaemonProcess(
+        workdir / "d", 'socket_mode = "auto"\n[functions.open]\nhandler = "state_change"\n'
+    )
+    try:
+        line = daemon.wait_for("world-writable")
+        assert 'from "auto": no group "kapacitor" exists that udfd may use' in line
+        daemon.wait_for("ready:")
+        assert stat.S_IMODE(os.stat(daemon.socket("open")).st_mode) == 0o666
+    finally:
+        daemon.close()

@@ -44,7 +44,9 @@ from pydantic import (
 from pydantic_core import PydanticCustomError
 from pydantic_settings import BaseSettings, EnvSettingsSource, SettingsConfigDict, SettingsError
 
+from udfd.config.kapacitor import KapacitorConfig
 from udfd.config.values import (
+    AUTO_MODE,
     Duration,
     FunctionName,
     SocketMode,
@@ -59,7 +61,7 @@ from udfd.config.values import (
 from udfd.errors import ConfigError
 from udfd.handler import ErrorPolicy
 from udfd.protocol.framing import DEFAULT_MAX_MESSAGE_SIZE
-from udfd.serve.sockets import MAX_SOCKET_PATH
+from udfd.serve.sockets import MAX_SOCKET_PATH, usable_group
 
 __all__ = [
     "CONFIG_ENV",
@@ -67,6 +69,7 @@ __all__ = [
     "DiscoveredHandler",
     "Function",
     "FunctionConfig",
+    "KapacitorConfig",
     "TcpAddress",
     "default_config_text",
     "default_socket_dir",
@@ -91,6 +94,8 @@ STATE_FILE_NAME = "info.json"
 #: (a long socket_dir made its path too long for a unix socket)
 DEFAULT_HEALTH = ""
 DEFAULT_POOL = "default"
+#: keys whose values are secrets: never echoed in an error line
+SECRET_KEYS = frozenset({"password", "token"})
 
 _HOST_PORT = re.compile(r"(\[[0-9A-Fa-f:.]+\]|[^/:\[\]]*):(\d+)\Z")
 
@@ -174,6 +179,8 @@ class Config(BaseSettings):
     workers: int = Field(default=1, ge=1, le=64)
     pools: dict[FunctionName, PoolConfig] = Field(default_factory=dict)
     functions: dict[FunctionName, FunctionConfig] = Field(default_factory=dict)
+    #: Kapacitor's HTTP API, for re-enabling tasks after udfd restarts
+    kapacitor: KapacitorConfig = Field(default_factory=KapacitorConfig)
 
     #: not a setting: the file this was read from (frozen applies to fields only)
     _source: Path | None = PrivateAttr(default=None)
@@ -408,6 +415,8 @@ def _error_lines(exc: pydantic.ValidationError, env: Mapping[str, str]) -> list[
             msg = "required key is missing"
         elif kind == "value_error":
             msg = str(err.get("ctx", {}).get("error", err["msg"]))
+        elif loc and str(loc[-1]) in SECRET_KEYS:
+            msg = f"{err['msg']} (value not shown: it is a secret)"
         else:
             msg = f"{err['msg']} (got {err['input']!r})"
         lines.append(f"{key}: {msg}{origin}" if key else msg)
@@ -485,6 +494,13 @@ class Function:
     max_connections: int = 256
 
 
+def _auto_permissions(group: str | None) -> tuple[int, str | None]:
+    """``socket_mode = "auto"``: 0660 for the configured group, or for Kapacitor's group
+    when it exists and udfd may use it; else 0666 (``udfd serve`` warns about that)."""
+    group = group or usable_group()
+    return (0o660, group) if group is not None else (0o666, None)
+
+
 def resolve_functions(
     config: Config, discovered: Iterable[DiscoveredHandler] = ()
 ) -> tuple[Function, ...]:
@@ -516,13 +532,17 @@ def resolve_functions(
     functions = []
     for name, origin in names.items():
         fn = config.functions.get(name, empty)
+        mode = fn.socket_mode if fn.socket_mode is not None else config.socket_mode
+        group = fn.socket_group or config.socket_group
+        if mode == AUTO_MODE:
+            mode, group = _auto_permissions(group)
         functions.append(
             Function(
                 name=name,
                 handler=fn.handler or name,
                 socket=config.socket_path(name),
-                socket_mode=fn.socket_mode if fn.socket_mode is not None else config.socket_mode,
-                socket_group=fn.socket_group or config.socket_group,
+                socket_mode=mode,
+                socket_group=group,
                 timeout=fn.timeout if fn.timeout is not None else config.timeout,
                 error_policy=fn.error_policy or config.error_policy,
                 threaded=fn.threaded,

@@ -68,10 +68,16 @@ def format_duration(value: timedelta) -> str:
     return f"{minutes}m{secs}s" if minutes else f"{secs}s"
 
 
+#: ``socket_mode = "auto"``: 0660 with Kapacitor's group when udfd can use it, else 0666
+AUTO_MODE = -1
+
+
 def parse_mode(value: object) -> object:
-    """An octal permission string ("0660") or an int written as TOML octal (0o660)."""
+    """An octal permission string ("0660"), an int written as TOML octal (0o660), or "auto"."""
     if value is None or isinstance(value, bool):
         return value
+    if isinstance(value, str) and value.strip().lower() == "auto":
+        return AUTO_MODE
     if isinstance(value, int):
         if not 0 <= value <= 0o777:
             raise ValueError(
@@ -82,7 +88,9 @@ def parse_mode(value: object) -> object:
     if isinstance(value, str):
         match = _MODE.match(value.strip())
         if match is None or int(match[1], 8) > 0o777:
-            raise ValueError(f'invalid socket mode {value!r}: expected octal such as "0660"')
+            raise ValueError(
+                f'invalid socket mode {value!r}: expected octal such as "0660", or "auto"'
+            )
         return int(match[1], 8)
     return value
 

@@ -29,8 +29,8 @@ import asyncio
 import contextlib
 import threading
 import time
-from collections.abc import Mapping
-from typing import Any
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Any, Literal
 
 import anyio
 import anyio.abc
@@ -47,7 +47,11 @@ from udfd.handler import ErrorPolicy, HandlerSpec
 from udfd.protocol import wire
 from udfd.protocol.framing import FrameDecoder
 
-__all__ = ["Connection"]
+__all__ = ["Connection", "EndedBy"]
+
+#: who ended a connection: the peer (Kapacitor stopped the task, or went away), an
+#: error udfd sent (Kapacitor stops the task with it), or udfd itself (shutdown)
+EndedBy = Literal["peer", "error", "udfd"]
 
 
 class Connection:
@@ -110,10 +114,25 @@ class Connection:
         self._read_error: BaseException | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._loop_thread = 0
+        self._ended_by: EndedBy = "peer"
 
     @property
     def stats(self) -> Stats:
         return self._stats
+
+    @property
+    def ended_by(self) -> EndedBy:
+        """Who ended the connection; meaningful once ``serve`` has returned."""
+        return self._ended_by
+
+    @property
+    def task(self) -> tuple[str, str]:
+        """Kapacitor's task and node IDs from Init ("" before Init)."""
+        return self._runner.task
+
+    def on_init(self, callback: Callable[[str, str], Awaitable[None]]) -> None:
+        """Await ``callback(task_id, node_id)`` after each successful Init."""
+        self._runner.on_init = callback
 
     # ------------------------------------------------------------ lifecycle
 
@@ -134,6 +153,9 @@ class Connection:
                 tg.start_soon(self._watch)
                 with self._read_scope:
                     await self._read(send)
+        except anyio.get_cancelled_exc_class():
+            self._ended_by = "udfd"  # the process is stopping or retiring this connection
+            raise
         finally:
             self._stats.connections_active -= 1
             self._stats.bytes_out += self._writer.bytes_sent
@@ -153,6 +175,7 @@ class Connection:
         Kapacitor then stops the task with ``message`` instead of a bare broken
         connection. Output not yet handed to the writer is not sent.
         """
+        self._ended_by = "udfd"
         self._read_scope.cancel()
         self._writer.put(wire.error_frame(message))
         self._writer.close()
@@ -390,6 +413,8 @@ class Connection:
         self._info_frame = wire.info_frame(spec.info)
 
     def _fail(self, message: str, *, send_output: bool = True) -> None:
+        if self._ended_by == "peer":
+            self._ended_by = "error"
         self._stats.last_error = message
         self._stats.last_error_time = time.time()
         if send_output:

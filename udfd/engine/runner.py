@@ -19,7 +19,7 @@ import logging
 import math
 import threading
 import time
-from collections.abc import Callable, Coroutine, Mapping
+from collections.abc import Awaitable, Callable, Coroutine, Mapping
 from types import MappingProxyType
 from typing import Any
 
@@ -228,6 +228,9 @@ class Runner:
         self._skip_batch = False
         self._task_id = ""
         self._node_id = ""
+        #: awaited after a successful Init with (task ID, node ID): the process model
+        #: records which Kapacitor task uses the function
+        self.on_init: Callable[[str, str], Awaitable[None]] | None = None
         self.log: logging.LoggerAdapter[logging.Logger] = logging.LoggerAdapter(
             log, {"function": function}
         )
@@ -236,6 +239,10 @@ class Runner:
     @property
     def loaded(self) -> bool:
         return self._spec is not None
+
+    @property
+    def task(self) -> tuple[str, str]:
+        return self._task_id, self._node_id
 
     @property
     def handler(self) -> Handler[Any] | None:
@@ -789,6 +796,8 @@ class Runner:
         self._handler = handler
         self._apply_bounds(handler)
         answer(wire.init_frame(True))
+        if self.on_init is not None:
+            await self.on_init(self._task_id, self._node_id)
 
     def _apply_bounds(self, handler: Handler[Any]) -> None:
         """Bound what a handler keeps per connection: groups of state, points of a batch."""

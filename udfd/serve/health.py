@@ -80,6 +80,8 @@ def health_document(status: dict[str, Any]) -> tuple[int, dict[str, Any]]:
         "generation": status.get("generation"),
         "functions": functions,
     }
+    if "kapacitor" in status:
+        body["kapacitor"] = status["kapacitor"]
     return (200 if healthy else 503), body
 
 

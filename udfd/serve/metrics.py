@@ -19,6 +19,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Histo
 from prometheus_client.registry import Collector
 
 from udfd.engine.stats import BUCKETS
+from udfd.kapacitor.reenable import RESULTS
 
 #: metric name (without ``_total``) -> (the status counter it reads, help)
 COUNTERS = {
@@ -117,6 +118,41 @@ class StatusCollector(Collector):
             restarts.add_metric([pool["name"]], pool.get("restarts", 0))
         yield workers
         yield restarts
+        yield from _kapacitor(status.get("kapacitor"))
+
+
+def _kapacitor(status: dict[str, Any] | None) -> Iterator[Any]:
+    """The task records and the re-enabler's outcomes (see udfd.kapacitor)."""
+    if status is None:
+        return
+    tasks = GaugeMetricFamily(
+        "udfd_kapacitor_tasks",
+        "Kapacitor tasks known to udfd: live (connected) or pending (to re-enable).",
+        labels=["state"],
+    )
+    for state in ("live", "pending"):
+        tasks.add_metric([state], status.get("tasks", {}).get(state, 0))
+    yield tasks
+    outcomes = CounterMetricFamily(
+        "udfd_kapacitor_reenables",
+        "Tasks whose re-enabling ended, by result.",
+        labels=["result"],
+    )
+    for result in RESULTS:
+        outcomes.add_metric([result], status.get(result, 0))
+    yield outcomes
+    requests = CounterMetricFamily(
+        "udfd_kapacitor_requests", "Requests to Kapacitor's HTTP API.", labels=["result"]
+    )
+    errors = status.get("request_errors", 0)
+    requests.add_metric(["ok"], status.get("requests", 0) - errors)
+    requests.add_metric(["error"], errors)
+    yield requests
+    yield CounterMetricFamily(
+        "udfd_kapacitor_retries",
+        "Re-enabling attempts retried after an error that may pass.",
+        value=status.get("retries", 0),
+    )
 
 
 def render(registry: CollectorRegistry) -> bytes:

@@ -139,6 +139,24 @@ def ensure_socket_dir(directory: Path) -> None:
         raise StartupError(f"socket directory {directory} is not a directory")
 
 
+#: the groups ``socket_mode = "auto"`` looks for: the one Kapacitor's packages create
+KAPACITOR_GROUPS = ("kapacitor",)
+
+
+def usable_group(names: tuple[str, ...] | None = None) -> str | None:
+    """The first of ``names`` that exists and that udfd may give its sockets: as root any
+    group, otherwise one of its own groups (chown to another group would fail)."""
+    own = {os.getegid(), *os.getgroups()}
+    for name in KAPACITOR_GROUPS if names is None else names:
+        try:
+            gid = grp.getgrnam(name).gr_gid
+        except KeyError:
+            continue
+        if os.geteuid() == 0 or gid in own:
+            return name
+    return None
+
+
 def _temporary_name(path: Path) -> Path:
     """A fresh name beside ``path`` to bind and set up under before it is published."""
     token = f".{os.getpid()}.{secrets.token_hex(4)}"

@@ -38,9 +38,12 @@ import anyio.to_thread
 from anyio.abc import TaskGroup, TaskStatus
 
 from udfd.config import Config, Function, load_config, resolve_functions
+from udfd.config.values import AUTO_MODE
 from udfd.engine.limits import Limits
 from udfd.engine.stats import Histogram, Stats
 from udfd.errors import ConfigError, StartupError, describe_os_error
+from udfd.kapacitor.book import TASKS_FILE, TaskBook
+from udfd.kapacitor.reenable import Reenabler
 from udfd.plugins.fallback import InfoStore
 from udfd.plugins.loader import discover
 from udfd.protocol import wire
@@ -69,6 +72,8 @@ SOCKET_CHECK_INTERVAL = 2.0
 HOLD_TIMEOUT = 30.0
 #: after the grace period, how long workers get to flush and exit before SIGKILL
 STOP_MARGIN = 3.0
+#: seconds between saves of the task records (a change waits at most this long)
+TASKS_SAVE_INTERVAL = 0.2
 _COUNTERS = [f.name for f in fields(Stats) if f.type in ("int", int)]
 _HISTOGRAMS = [f.name for f in fields(Stats) if f.type in ("Histogram", Histogram)]
 
@@ -195,6 +200,13 @@ class Supervisor:
         self._announced = -1  # the generation whose readiness was reported
         #: workers of earlier generations, still serving their open connections
         self._retired: list[WorkerHandle] = []
+        #: which Kapacitor tasks use udfd, and re-enabling them after a restart
+        self._book = TaskBook(config.state_dir / TASKS_FILE)
+        self._reenabler = Reenabler(config.kapacitor, self._book, self._publish)
+        #: connection id -> (task, function, node), from the workers' "task" records
+        self._conn_tasks: dict[int, tuple[str, str, str]] = {}
+        #: the tasks that ran on udfd when it last went away
+        self._previous_tasks: list[str] = []
 
     # ------------------------------------------------------------ start-up
 
@@ -211,13 +223,19 @@ class Supervisor:
         raise_fd_limit(fn.max_connections for fn in resolved)  # before the spawner forks
         open_to_all = [fn.name for fn in resolved if (fn.socket_mode or 0) & 0o002]
         if open_to_all:
+            auto = config.socket_mode == AUTO_MODE
             log.warning(
-                "the sockets of %s are world-writable (socket_mode %s): any local user can "
+                "the sockets of %s are world-writable (socket_mode %s%s): any local user can "
                 "connect to them. Set socket_group to Kapacitor's group and socket_mode = "
-                '"0660" (the embedded default config is 0666 so that it works out of the box)',
+                '"0660"',
                 ", ".join(open_to_all),
                 oct(next(fn.socket_mode or 0 for fn in resolved if fn.name == open_to_all[0])),
+                ' from "auto": no group "kapacitor" exists that udfd may use' if auto else "",
             )
+        else:
+            grouped = {fn.socket_group for fn in resolved if fn.socket_group is not None}
+            if config.socket_mode == AUTO_MODE and grouped:
+                log.info("sockets are 0660, group %s", ", ".join(sorted(grouped)))
         passed = activation.take_passed_sockets()
         bound: list[FunctionState] = []
         try:
@@ -241,6 +259,13 @@ class Supervisor:
             self.functions[fs.name] = fs
         for name, size in config.pool_sizes().items():
             self.pools[name] = Pool(name, size, self.generation)
+        self._previous_tasks = self._book.load()
+        if self._previous_tasks:
+            log.info(
+                "%d Kapacitor task(s) used udfd when it last stopped: %s",
+                len(self._previous_tasks),
+                ", ".join(self._previous_tasks),
+            )
         import udfd.serve.worker  # noqa: F401 - the spawner shares these pages with every worker
 
         self._spawner = Spawner.start(fs.sock for fs in bound)
@@ -316,6 +341,7 @@ class Supervisor:
                 task_status.started(self)
                 tg.start_soon(self._publish_periodically)
                 tg.start_soon(self._guard_sockets)
+                tg.start_soon(self._save_tasks)
                 interval = systemd.watchdog_interval()
                 if interval is not None:
                     tg.start_soon(self._ping_watchdog, interval)
@@ -331,6 +357,7 @@ class Supervisor:
                 fs.sock.close()
                 remove_socket_file(fs.function.socket, fs.inode)
             remove_status(self._status_path)
+            self._book.save(self._book.document())  # what ran now is what to re-enable next
             if self._spawner_channel is not None:
                 self._spawner_channel.close()
             await self._reap_spawner()
@@ -501,6 +528,15 @@ class Supervisor:
         elif op == "closed":
             worker.connections -= 1
             self._closed(worker.open.pop(header["id"], None))
+            use = self._conn_tasks.pop(header["id"], None)
+            if use is not None:  # udfd's own end (shutdown): the task is to be re-enabled
+                self._book.ended(*use, keep=header.get("ended_by") == "udfd")
+        elif op == "task":
+            function = worker.open.get(header["id"])
+            if function is not None:  # None: it closed already (records may pass each other)
+                use = (str(header["task"]), function, str(header["node"]))
+                self._conn_tasks[header["id"]] = use
+                self._book.started(*use)
         elif op == "stats":
             worker.stats.update(header["functions"])
             worker.resources = header.get("resources", worker.resources)
@@ -554,8 +590,13 @@ class Supervisor:
             fs = self.functions.get(name)
             if fs is not None:  # a dead worker's connections are no longer active
                 add_counters(fs.base, {**stats, "connections_active": 0})
-        for name in worker.open.values():  # closed with it (untaken ones are re-sent below)
+        lost: list[str] = []
+        for cid, name in worker.open.items():  # closed with it (untaken ones are re-sent below)
             self._closed(name)
+            use = self._conn_tasks.pop(cid, None)
+            if use is not None:
+                self._book.ended(*use, keep=True)
+                lost.append(use[0])
         worker.open.clear()
         pool.update_available()
         for name, conn, prefix in worker.untaken.values():
@@ -586,6 +627,8 @@ class Supervisor:
         await self._publish()
         assert self._tg is not None
         self._tg.start_soon(self._start_worker, pool, worker.slot, delay, pool.generation)
+        if lost:  # Kapacitor stopped these tasks; held connections wait for the new worker
+            self._reenabler.schedule(self._tg, dict.fromkeys(lost), f"worker {worker.label} died")
 
     # ------------------------------------------------------------ connections
 
@@ -794,6 +837,7 @@ class Supervisor:
             "functions": [fs.as_dict(workers) for fs in self.functions.values()],
             "pools": [p.as_dict() for p in self.pools.values()],
             "workers": [w.as_dict() for w in workers],
+            "kapacitor": self._reenabler.status(),
         }
 
     async def _publish(self) -> None:
@@ -846,6 +890,16 @@ class Supervisor:
         self._tg.start_soon(self._accept, fs)
         await self._publish()
 
+    async def _save_tasks(self) -> None:
+        """Keep the task records on disk within a fraction of a second of every change, so
+        that even a SIGKILL leaves the list of tasks to re-enable."""
+        saved = self._book.version
+        while True:
+            await anyio.sleep(TASKS_SAVE_INTERVAL)
+            if self._book.version != saved:
+                saved = self._book.version
+                await anyio.to_thread.run_sync(self._book.save, self._book.document())
+
     async def _publish_periodically(self) -> None:
         while True:
             await anyio.sleep(STATUS_INTERVAL)
@@ -867,6 +921,9 @@ class Supervisor:
         await self._publish()
         log.info("ready: %s", summary)
         systemd.notify("READY=1", f"STATUS={summary}")
+        if self._previous_tasks and self._tg is not None:
+            self._reenabler.schedule(self._tg, self._previous_tasks, "udfd restarted")
+            self._previous_tasks = []
 
 
 async def run_until_signalled(supervisor: Supervisor) -> None:

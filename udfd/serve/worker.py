@@ -207,16 +207,25 @@ class _Worker:
             os.close(extra)
         stream = await anyio.abc.UNIXSocketStream.from_socket(socket.socket(fileno=fds[0]))
         connection = runtime.connection(stream, initial=payload)
+        connection.on_init(functools.partial(self._task_started, cid))
         self.connections.add(connection)
         assert self._tg is not None
         self._tg.start_soon(self._serve_connection, cid, runtime.name, connection)
+
+    async def _task_started(self, cid: int, task: str, node: str) -> None:
+        """Tell the supervisor which Kapacitor task this connection serves (for re-enabling
+        it after a restart). Sent before any "closed" of the same connection."""
+        with contextlib.suppress(ChannelClosed):
+            await self.channel.send({"op": "task", "id": cid, "task": task, "node": node})
 
     async def _serve_connection(self, cid: int, function: str, connection: Connection) -> None:
         try:
             await self.connections.serve(connection, function)
         finally:
             with anyio.CancelScope(shield=True), contextlib.suppress(ChannelClosed):
-                await self.channel.send({"op": "closed", "id": cid})
+                await self.channel.send(
+                    {"op": "closed", "id": cid, "ended_by": connection.ended_by}
+                )
 
     async def _load_all(self) -> None:
         installed = discover(autoload=self.spec.autoload)
