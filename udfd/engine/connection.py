@@ -37,6 +37,7 @@ import anyio.abc
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
 from udfd.engine.limits import Limits
+from udfd.engine.rawsocket import race_free
 from udfd.engine.runner import Fatal, Runner, protocol_fatal
 from udfd.engine.source import FixedSource, HandlerSource
 from udfd.engine.stats import Stats
@@ -71,6 +72,7 @@ class Connection:
     ) -> None:
         """``initial``: bytes already read from the socket (by the supervisor, which held
         the connection while no worker was up); they are handled before the first read."""
+        stream = race_free(stream)
         self._stream = stream
         self._initial = initial
         source = FixedSource(source) if isinstance(source, HandlerSpec) else source
@@ -224,7 +226,13 @@ class Connection:
             except ProtocolError as exc:
                 stats.protocol_errors += 1
                 self._runner.log.warning("protocol error from Kapacitor: %s", exc)
-                await send.send(exc)
+                with contextlib.suppress(anyio.BrokenResourceError):
+                    await send.send(exc)
+            except anyio.BrokenResourceError:
+                # the queue's other end closed: the handler side ended (it failed, and its
+                # ErrorResponse is with the writer), so there is nothing left to read for.
+                # Socket errors never get here: the receive above handles its own.
+                return
 
     async def _answer_inline(
         self,
