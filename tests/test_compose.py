@@ -137,3 +137,16 @@ def test_the_dashboard_reads_what_the_pipeline_writes() -> None:
     assert {"adsl_changes", "adsl_rate", "temperature_level", "sensor_anomaly"} <= read
     demo = compose()["services"]["demo"]["command"]
     assert demo[0] == "demo" and demo[demo.index("--bucket") + 1] == "udfd/autogen"
+
+
+def test_udfd_re_enables_tasks_through_the_kapacitor_service_of_the_stack() -> None:
+    from urllib.parse import urlsplit
+
+    services = compose()["services"]
+    config = load_config(COMPOSE / "udfd.toml", env={})
+    assert config.kapacitor.enabled and config.kapacitor.url is not None
+    url = urlsplit(config.kapacitor.url)
+    assert url.hostname in services  # the service name resolves on the compose network
+    conf = (COMPOSE / "kapacitor" / "kapacitor.conf").read_text()
+    assert f'bind-address = ":{url.port}"' in conf
+    assert "auth-enabled = true" not in conf  # no credentials needed, none configured
