@@ -598,3 +598,15 @@ def test_config_direct_construction_uses_defaults() -> None:
     config = Config(functions={"f": FunctionConfig(handler="x")}, socket_dir=Path("/tmp/d"))
     assert config.socket_path("f") == Path("/tmp/d/f.sock")
     assert config.source is None
+
+
+def test_the_commented_example_config_names_every_key() -> None:
+    import re
+
+    from udfd.config import Config, FunctionConfig, KapacitorConfig
+
+    text = (Path(__file__).resolve().parents[1] / "config" / "udfd.toml").read_text()
+    written = set(re.findall(r"^[# ]*([a-z_]+) *=", text, re.MULTILINE))
+    for model in (Config, FunctionConfig, KapacitorConfig):
+        missing = set(model.model_fields) - written - {"functions", "pools", "kapacitor", "options"}
+        assert not missing, f"{model.__name__}: {sorted(missing)} not in config/udfd.toml"
