@@ -201,7 +201,8 @@ def fresh(tmp_path_factory: pytest.TempPathFactory) -> FreshVenv:
 
 
 def _listing(python: Path | str) -> list[dict[str, Any]]:
-    rows: list[dict[str, Any]] = json.loads(_run(python, "-m", "udfd", "list", "--json").stdout)
+    listing = json.loads(_run(python, "-m", "udfd", "list", "--json").stdout)
+    rows: list[dict[str, Any]] = listing["handlers"]
     return rows
 
 

@@ -53,7 +53,9 @@ examples:
   udfd serve --config /etc/udfd/udfd.toml
   udfd kapacitor-conf --config ...    the [udf.functions.*] sections for kapacitor.conf
   udfd check                          exit 0 when every socket answers Info (HEALTHCHECK)
-  udfd list                           installed handlers, their options and edges
+  udfd list                           installed handlers and configured functions
+  udfd validate --config FILE         load every handler, check option defaults (no sockets)
+  udfd run state_change --opt field=value < in.lp   a handler on line protocol, no Kapacitor
   udfd systemd-units --config FILE -o DIR   udfd.service and a socket unit per function
 """
 
@@ -92,6 +94,19 @@ def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
     )
     _add_config(listing)
     listing.add_argument("--json", action="store_true", help="machine-readable output")
+
+    validate = sub.add_parser(
+        "validate",
+        help="load every configured handler and check its option defaults (exit 0/3)",
+        description=(
+            "Does what the daemon does at load time, without binding a socket: resolves "
+            "every function, imports its handler and validates the configured option "
+            "defaults against the handler's options. Reports every problem at once; exit 3 "
+            "when the config or any function is invalid, as `udfd serve` would for the config."
+        ),
+    )
+    _add_config(validate)
+    validate.add_argument("--json", action="store_true", help="machine-readable output")
 
     check = sub.add_parser(
         "check",
@@ -158,7 +173,10 @@ def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
     demo.add_argument(
         "--backfill", action="store_true", help="write --count past steps at once, then exit"
     )
+    from udfd.run.command import add_run_parser
     from udfd.train.command import add_train_parser
+
+    add_run_parser(sub)
 
     words = list(sys.argv[1:] if argv is None else argv)
     add_train_parser(sub, load_trainers="train" in words[:1])
@@ -246,11 +264,15 @@ def cmd_list(args: argparse.Namespace) -> int:
                 for name, o in sorted(spec.info.options.items())
             }
         rows.append(row)
+    from udfd.plugins.validate import validate_functions
+
+    functions = [r.as_dict() for r in validate_functions(config)]
     if args.json:
-        print(json.dumps(rows, indent=2))
+        print(json.dumps({"handlers": rows, "functions": functions}, indent=2, default=str))
         return EXIT_OK
+    print("installed handlers (entry point group 'udfd.handlers'):")
     if not rows:
-        print("no handlers installed (entry point group 'udfd.handlers')")
+        print("  none")
     for row in rows:
         allowed = "" if row["allowed"] else "  [not in allow_distributions]"
         print(f"{row['name']}  ({row['distribution']} {row['version']}: {row['value']}){allowed}")
@@ -262,7 +284,51 @@ def cmd_list(args: argparse.Namespace) -> int:
         assert isinstance(options, dict)
         for name, types in options.items():
             print(f"    .{name}({', '.join(types)})")
+    where = str(config.source) if config.source is not None else "the embedded default config"
+    print(f"\nconfigured functions ({where}):")
+    if not functions:
+        print("  none")
+    for function in functions:
+        _print_function(function)
     return EXIT_OK
+
+
+def _print_function(row: dict[str, Any]) -> None:
+    state = "ok  " if row["ok"] else "FAIL"
+    print(f"{state} {row['name']}  handler {row['handler']!r}  pool {row['pool']}")
+    print(f"     socket {row['socket']}")
+    if not row["ok"]:
+        for line in str(row["error"]).splitlines():
+            print(f"     {line}")
+        return
+    print(f"     {row['origin']}: {row['wants']} in, {row['provides']} out")
+    for name, signature in row["options"].items():
+        notes = []
+        if name in row["defaults"]:
+            notes.append(f"default {row['defaults'][name]!r} from the config")
+        if name in row["required"]:
+            notes.append("required")
+        print(f"     {signature}" + (f"  ({'; '.join(notes)})" if notes else ""))
+
+
+def cmd_validate(args: argparse.Namespace) -> int:
+    from udfd.plugins.validate import validate_functions
+
+    rows = [r.as_dict() for r in validate_functions(_load(args))]
+    if args.json:
+        print(json.dumps(rows, indent=2, default=str))
+    else:
+        for row in rows:
+            _print_function(row)
+        failed = sum(not r["ok"] for r in rows)
+        print(f"{len(rows) - failed} function(s) valid, {failed} invalid")
+    return EXIT_OK if all(r["ok"] for r in rows) else EXIT_CONFIG
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    from udfd.run.command import cmd_run
+
+    return cmd_run(args)
 
 
 def cmd_check(args: argparse.Namespace) -> int:
@@ -462,6 +528,8 @@ COMMANDS = {
     "serve": cmd_serve,
     "list": cmd_list,
     "check": cmd_check,
+    "validate": cmd_validate,
+    "run": _cmd_run,
     "kapacitor-conf": cmd_kapacitor_conf,
     "reload": cmd_reload,
     "systemd-units": cmd_systemd_units,
@@ -471,7 +539,12 @@ COMMANDS = {
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    args = build_parser(argv).parse_args(argv)
+    parser = build_parser(argv)
+    args, extra = parser.parse_known_args(argv)
+    if args.command == "run" and not any(e.startswith("-") for e in extra):
+        args.args.extend(extra)  # FILE after options: `udfd run H --opt a=1 in.lp`
+    elif extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
     try:
         code = COMMANDS[args.command](args)
     except ConfigError as exc:

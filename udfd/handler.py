@@ -201,6 +201,8 @@ class Handler(Generic[OptionsT]):
 
     def restore(self, data: bytes) -> None:
         """Load what :meth:`snapshot` returned; raising makes Restore fail readably."""
+        if not data:
+            return  # what snapshot() gives a handler without GroupState: nothing was kept
         _, version, states = decode_snapshot(data)
         if version != self.state_version:
             states = self.migrate_state(version, states)
