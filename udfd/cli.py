@@ -56,6 +56,7 @@ examples:
   udfd list                           installed handlers and configured functions
   udfd validate --config FILE         load every handler, check option defaults (no sockets)
   udfd run state_change --opt field=value < in.lp   a handler on line protocol, no Kapacitor
+  udfd new my_udf                     a plugin distribution to start from, with its tests
   udfd systemd-units --config FILE -o DIR   udfd.service and a socket unit per function
 """
 
@@ -173,6 +174,17 @@ def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
     demo.add_argument(
         "--backfill", action="store_true", help="write --count past steps at once, then exit"
     )
+    new = sub.add_parser(
+        "new",
+        help="write a minimal plugin distribution: pyproject, a handler, its tests, a README",
+        description=(
+            "Writes NAME/ (or --output DIR): a pyproject.toml with the udfd.handlers entry "
+            "point, one handler, its tests on udfd's pytest plugin and a README. Then "
+            "`pip install -e 'NAME[test]'`, `pytest NAME`, and `udfd serve` serves it."
+        ),
+    )
+    new.add_argument("name", metavar="NAME")
+    new.add_argument("--output", "-o", type=Path, metavar="DIR", help="default: ./NAME")
     from udfd.run.command import add_run_parser
     from udfd.train.command import add_train_parser
 
@@ -323,6 +335,21 @@ def cmd_validate(args: argparse.Namespace) -> int:
         failed = sum(not r["ok"] for r in rows)
         print(f"{len(rows) - failed} function(s) valid, {failed} invalid")
     return EXIT_OK if all(r["ok"] for r in rows) else EXIT_CONFIG
+
+
+def cmd_new(args: argparse.Namespace) -> int:
+    from udfd.scaffold import ScaffoldError, write_plugin
+
+    directory = args.output or Path(args.name)
+    try:
+        written = write_plugin(args.name, directory)
+    except ScaffoldError as exc:
+        print(f"udfd new: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    for path in written:
+        print(path)
+    print(f"\nnext: pip install -e '{directory}[test]' && pytest {directory}")
+    return EXIT_OK
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
@@ -530,6 +557,7 @@ COMMANDS = {
     "check": cmd_check,
     "validate": cmd_validate,
     "run": _cmd_run,
+    "new": cmd_new,
     "kapacitor-conf": cmd_kapacitor_conf,
     "reload": cmd_reload,
     "systemd-units": cmd_systemd_units,
