@@ -22,12 +22,11 @@ from pathlib import Path
 import anyio
 import pytest
 
-pytestmark = pytest.mark.timeout(600)
-
 from udfd.protocol.client import probe_info
 from udfd.testing import DaemonProcess
 
 ROOT = Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.timeout(600)
 
 
 def _run(*cmd: object, cwd: Path | None = None, timeout: float = 300) -> str:
@@ -97,4 +96,3 @@ def test_names_that_cannot_be_a_function_are_refused(tmp_path: Path) -> None:
     )
     assert done.returncode == 2 and "not a usable name" in done.stderr
     assert not (tmp_path / "x").exists()
-

@@ -42,7 +42,7 @@ class Forgets(Avg):
 def test_the_fixture_runs_tasks_snapshots_and_daemons(pytester: pytest.Pytester) -> None:
     pytester.makepyfile(handlers=HANDLER)
     pytester.makepyfile(
-        test_user='''
+        test_user="""
 from handlers import Avg
 
 LP = "cpu,host=a v=1 1\\ncpu,host=a v=3 2\\ncpu,host=a v=5 3"
@@ -82,7 +82,7 @@ def test_through_a_daemon(udf):
     daemon = udf.daemon('[functions.avg]\\nhandler = "%s:Avg"\\n' % Path("handlers.py").resolve())
     run = udf.run(socket=daemon.socket("avg"), options={"field": "v"}, lp=LP)
     assert len(run.points) == 3
-'''
+"""
     )
     result = pytester.runpytest_subprocess("-p", "no:cacheprovider", "-q")
     result.assert_outcomes(passed=6)
@@ -93,13 +93,13 @@ def test_the_conformance_check_fails_a_handler_that_loses_its_state(
 ) -> None:
     pytester.makepyfile(handlers=HANDLER)
     pytester.makepyfile(
-        test_user='''
+        test_user="""
 from handlers import Forgets
 
 
 def test_conformance(udf):
     udf.conformance(Forgets, {"field": "v"}, lp="cpu v=1 1\\ncpu v=3 2\\ncpu v=5 3\\ncpu v=7 4")
-'''
+"""
     )
     result = pytester.runpytest_subprocess("-p", "no:cacheprovider", "-q")
     result.assert_outcomes(failed=1)
