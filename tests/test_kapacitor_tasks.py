@@ -97,11 +97,14 @@ def test_tasks_are_re_enabled_after_a_restart_and_only_those(
     kapacitor.disable("by_hand")  # a stop by the user: the connection ends from Kapacitor's side
     _wait(lambda: "by_hand" not in _records(workdir))
 
+    kapacitor.define("disabled_later", sock)
+    _wait(lambda: "disabled_later" in _records(workdir))
     assert first.stop() == 0
-    assert not kapacitor.tasks["cpu_alert"].executing  # Kapacitor saw udfd go away
+    kapacitor.wait(lambda: not kapacitor.tasks["cpu_alert"].executing)  # it saw udfd go away
     assert kapacitor.tasks["cpu_alert"].status == "enabled"
-    assert set(_records(workdir)) == {"cpu_alert", "mem_alert", "deleted_later"}
+    assert set(_records(workdir)) == {"cpu_alert", "mem_alert", "deleted_later", "disabled_later"}
     del kapacitor.tasks["deleted_later"]  # deleted while udfd was down
+    kapacitor.disable("disabled_later")  # and one disabled by the user meanwhile
     first.close()
 
     second = daemon(config)
@@ -109,18 +112,21 @@ def test_tasks_are_re_enabled_after_a_restart_and_only_those(
     second.wait_for("re-enabled Kapacitor task cpu_alert")
     second.wait_for("re-enabled Kapacitor task mem_alert")
     second.wait_for("Kapacitor task deleted_later no longer exists; forgotten")
+    second.wait_for("Kapacitor task disabled_later is disabled; left alone")
     kapacitor.wait(lambda: kapacitor.tasks["cpu_alert"].executing)
     kapacitor.wait(lambda: kapacitor.tasks["mem_alert"].executing)
     # enabled-but-not-executing takes a disable first, then the enable
     assert kapacitor.patches("cpu_alert") == ["disabled", "enabled"]
     assert kapacitor.patches("by_hand") == []  # disabled by the user: never touched
+    assert kapacitor.patches("disabled_later") == []  # the user's choice: never touched
+    assert kapacitor.tasks["disabled_later"].status == "disabled"
     assert not kapacitor.tasks["by_hand"].executing
     assert all(auth == f"Bearer {TOKEN}" for *_, auth in kapacitor.requests)
     # the reconnected tasks are live again; the gone one is forgotten
     _wait(lambda: set(_records(workdir)) == {"cpu_alert", "mem_alert"})
     _wait(lambda: _kapacitor_status(workdir)["reenabled"] == 2)
     status = _kapacitor_status(workdir)
-    assert status["gone"] == 1 and status["failed"] == 0
+    assert status["gone"] == 1 and status["disabled"] == 1 and status["failed"] == 0
     with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as answer:
         metrics = answer.read().decode()
     assert 'udfd_kapacitor_reenables_total{result="reenabled"} 2.0' in metrics
@@ -182,7 +188,7 @@ def test_a_worker_crash_re_enables_its_tasks_but_never_in_a_loop(
 def test_transient_errors_are_retried_with_backoff_and_logged(
     workdir: Path, kapacitor: StandInKapacitor, daemon: Callable[..., DaemonProcess]
 ) -> None:
-    config = _config(kapacitor, workdir)
+    config = _config(kapacitor, workdir).replace("attempts = 5", "attempts = 12")
     first = daemon(config)
     first.wait_for("ready:")
     kapacitor.define("cpu_alert", first.socket("mirror"))
@@ -192,7 +198,7 @@ def test_transient_errors_are_retried_with_backoff_and_logged(
     kapacitor.close()  # Kapacitor is down when udfd comes back: connection refused
 
     second = daemon(config)
-    second.wait_for("trying again in 0.2s (attempt 1 of 5)")
+    second.wait_for("trying again in 0.2s (attempt 1 of 12)")
     kapacitor.fail_next = [503]  # back up, but still answering 503 once
     kapacitor.start()
     second.wait_for("re-enabled Kapacitor task cpu_alert")
@@ -315,6 +321,13 @@ def test_the_client_over_tls_verifies_the_server(tmp_path: Path) -> None:
             trusted.get("redirected")
         assert moved.value.kind == "final" and "redirect" in str(moved.value)
         assert not any(t == "elsewhere" for _, t, _, _ in stand_in.requests)
+        no_ca = TaskApi(KapacitorConfig(url=stand_in.url, ca_file=tmp_path / "no-ca.pem"))
+        with pytest.raises(ApiError) as unusable:  # at the request, not at construction
+            no_ca.get("t")
+        assert unusable.value.kind == "final" and "no-ca.pem" in str(unusable.value)
+        upper = KapacitorConfig(url=stand_in.url.replace("https", "HTTPS"), username="udfd",
+                                password_file=pw, ca_file=cert)  # fmt: skip
+        assert TaskApi(upper).get("t").status == "disabled"  # TLS options still apply
         missing = KapacitorConfig(url=stand_in.url, token_file=tmp_path / "no-such-token")
         with pytest.raises(ApiError) as unreadable:
             TaskApi(missing).get("t")
@@ -327,10 +340,11 @@ def test_config_keeps_secrets_out_of_urls_errors_and_reprs(tmp_path: Path) -> No
     from udfd.config import load_config
     from udfd.errors import ConfigError
 
-    with pytest.raises(ConfigError) as in_url:
-        load_config(None, env={"UDFD_KAPACITOR__URL": "http://udfd:hunter2@localhost:9092"})
-    assert "credentials in the URL are not allowed" in str(in_url.value)
-    assert "hunter2" not in str(in_url.value)
+    for url in ("http://udfd:hunter2@localhost:9092", "http://u:hunter2@", "htp://u:hunter2@h",
+                "http://k:9092/?token=hunter2"):  # fmt: skip
+        with pytest.raises(ConfigError) as bad:
+            load_config(None, env={"UDFD_KAPACITOR__URL": url})
+        assert "kapacitor.url" in str(bad.value) and "hunter2" not in str(bad.value)
     path = tmp_path / "udfd.toml"
     path.write_text('serve_installed = true\n[kapacitor]\nurl = "http://k:9092"\ntoken = 12345\n')
     with pytest.raises(ConfigError) as wrong_type:
@@ -341,3 +355,35 @@ def test_config_keeps_secrets_out_of_urls_errors_and_reprs(tmp_path: Path) -> No
     assert "hunter2" not in repr(config) and "hunter2" not in str(config.kapacitor)
     assert config.kapacitor.token is not None
     assert config.kapacitor.token.get_secret_value() == "hunter2"
+
+
+def test_a_task_udfd_disabled_before_a_stop_is_enabled_again_not_left_alone(
+    workdir: Path, kapacitor: StandInKapacitor, daemon: Callable[..., DaemonProcess]
+) -> None:
+    # what a stop between udfd's disable and its enable leaves: the task disabled, and the
+    # record that udfd did it (written before the disable was sent)
+    (workdir / "state").mkdir()
+    record = {"tasks": {"cpu_alert": [["mirror", "udf2"]]}, "disabled_by_udfd": ["cpu_alert"]}
+    (workdir / "state" / "tasks.json").write_text(json.dumps(record))
+    server = daemon(_config(kapacitor, workdir))
+    task = Task("cpu_alert", server.socket("mirror"), status="disabled")
+    kapacitor.tasks["cpu_alert"] = task
+    server.wait_for("re-enabled Kapacitor task cpu_alert")
+    assert kapacitor.patches("cpu_alert") == ["enabled"]
+    kapacitor.wait(lambda: task.executing)
+    _wait(lambda: json.loads((workdir / "state" / "tasks.json").read_text())["disabled_by_udfd"]
+          == [])  # fmt: skip
+
+
+def test_reconnected_means_every_lost_node_is_back() -> None:
+    from udfd.kapacitor.book import TaskBook
+
+    book = TaskBook(Path("/nonexistent/tasks.json"))
+    book.started("t", "f", "n1")
+    book.started("t", "g", "n2")
+    book.ended("t", "f", "n1", keep=True)  # one node's worker died; the other still runs
+    assert book.is_live("t") and book.uses("t") == [("f", "n1")]
+    assert not book.reconnected("t", book.uses("t"))
+    uses = book.uses("t")
+    book.started("t", "f", "n1")
+    assert book.reconnected("t", uses) and book.pending == []

@@ -61,17 +61,18 @@ class KapacitorConfig(BaseModel):
             return None
         value = value.strip().rstrip("/")
         parts = urlsplit(value)
-        if parts.scheme not in ("http", "https") or not parts.hostname:
-            raise ValueError(f'expected "http://host:port" or "https://host:port", got {value!r}')
-        if parts.username is not None or parts.password is not None:
-            # a URL is logged and shown in errors; a secret inside it would be too
+        # checked first, and no message here repeats the value: it may hold a secret
+        if "@" in parts.netloc or parts.username is not None or parts.password is not None:
             raise ValueError(
                 "credentials in the URL are not allowed: use username with password or "
                 "password_file, or token / token_file"
             )
         if parts.query or parts.fragment:
-            raise ValueError(f"the URL must not have a query or fragment: {value!r}")
-        return value
+            raise ValueError("the URL must not have a query or fragment")
+        scheme = parts.scheme.lower()
+        if scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError('expected "http://host:port" or "https://host:port"')
+        return scheme + value[len(parts.scheme) :]
 
     @model_validator(mode="after")
     def _consistent(self) -> KapacitorConfig:

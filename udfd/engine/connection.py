@@ -116,7 +116,8 @@ class Connection:
         self._read_error: BaseException | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._loop_thread = 0
-        self._ended_by: EndedBy = "peer"
+        #: set by whichever side ends the connection first, and never changed after
+        self._ended_by: EndedBy | None = None
 
     @property
     def stats(self) -> Stats:
@@ -124,8 +125,12 @@ class Connection:
 
     @property
     def ended_by(self) -> EndedBy:
-        """Who ended the connection; meaningful once ``serve`` has returned."""
-        return self._ended_by
+        """Who ended the connection first; meaningful once ``serve`` has returned."""
+        return self._ended_by or "peer"
+
+    def _ended(self, by: EndedBy) -> None:
+        if self._ended_by is None:
+            self._ended_by = by
 
     @property
     def task(self) -> tuple[str, str]:
@@ -156,7 +161,7 @@ class Connection:
                 with self._read_scope:
                     await self._read(send)
         except anyio.get_cancelled_exc_class():
-            self._ended_by = "udfd"  # the process is stopping or retiring this connection
+            self._ended("udfd")  # the process is stopping or retiring this connection
             raise
         finally:
             self._stats.connections_active -= 1
@@ -177,7 +182,7 @@ class Connection:
         Kapacitor then stops the task with ``message`` instead of a bare broken
         connection. Output not yet handed to the writer is not sent.
         """
-        self._ended_by = "udfd"
+        self._ended("udfd")
         self._read_scope.cancel()
         self._writer.put(wire.error_frame(message))
         self._writer.close()
@@ -200,12 +205,14 @@ class Connection:
                         initial = b""
                         self._read_at = time.monotonic()
                     except anyio.EndOfStream:
+                        self._ended("peer")
                         decoder.check_eof()
                         return
                     except (anyio.BrokenResourceError, OSError) as exc:
                         # not an end of input (ECONNRESET, say): the peer is gone, so the
                         # handler gets no close() whose output would go to a dead socket
                         self._read_error = exc
+                        self._ended("peer")
                         self._runner.log.warning(
                             "connection lost while reading: %s",
                             describe_os_error(exc),
@@ -403,6 +410,7 @@ class Connection:
 
     def _peer_gone(self) -> None:
         """Sending failed (the peer closed for good): stop the handler at its next frame."""
+        self._ended("peer")
         self._runner.stopping = True
         self._read_scope.cancel()
         self._handler_scope.cancel()
@@ -421,8 +429,7 @@ class Connection:
         self._info_frame = wire.info_frame(spec.info)
 
     def _fail(self, message: str, *, send_output: bool = True) -> None:
-        if self._ended_by == "peer":
-            self._ended_by = "error"
+        self._ended("error")
         self._stats.last_error = message
         self._stats.last_error_time = time.time()
         if send_output:

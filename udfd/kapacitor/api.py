@@ -30,7 +30,7 @@ from dataclasses import dataclass
 from http.client import HTTPException
 from pathlib import Path
 from typing import Any, Literal
-from urllib.parse import quote
+from urllib.parse import quote, urlsplit
 
 from udfd.config.kapacitor import KapacitorConfig
 
@@ -87,16 +87,29 @@ class TaskApi:
         self.base = config.url
         self._config = config
         self._timeout = config.request_timeout.total_seconds()
+        self._opener: urllib.request.OpenerDirector | None = None
+
+    def _open(self) -> urllib.request.OpenerDirector:
+        """The opener, built at the first request: a CA file or certificate that cannot be
+        read is that request's error (logged, counted), never a reason not to start."""
+        if self._opener is not None:
+            return self._opener
         handlers: list[urllib.request.BaseHandler] = [_NoRedirect()]
-        if config.url.startswith("https:"):
+        if urlsplit(self.base).scheme.lower() == "https":
             handlers.append(urllib.request.HTTPSHandler(context=self._tls()))
         self._opener = urllib.request.build_opener(*handlers)
+        return self._opener
 
     def _tls(self) -> ssl.SSLContext:
         c = self._config
-        context = ssl.create_default_context(cafile=str(c.ca_file) if c.ca_file else None)
-        if c.cert_file is not None and c.key_file is not None:
-            context.load_cert_chain(str(c.cert_file), str(c.key_file))
+        try:
+            context = ssl.create_default_context(cafile=str(c.ca_file) if c.ca_file else None)
+            if c.cert_file is not None and c.key_file is not None:
+                context.load_cert_chain(str(c.cert_file), str(c.key_file))
+        except (OSError, ssl.SSLError) as exc:
+            files = ", ".join(str(p) for p in (c.ca_file, c.cert_file, c.key_file) if p)
+            reason = getattr(exc, "strerror", None) or exc
+            raise ApiError("final", f"cannot use the TLS files ({files}): {reason}") from None
         if c.insecure_skip_verify:
             context.check_hostname = False
             context.verify_mode = ssl.CERT_NONE
@@ -134,7 +147,7 @@ class TaskApi:
         request = urllib.request.Request(self.url(task), data=data, method=method, headers=headers)
         where = f"{method} {self.base}{BASE_PATH}{task}"
         try:
-            with self._opener.open(request, timeout=self._timeout) as answer:
+            with self._open().open(request, timeout=self._timeout) as answer:
                 raw = answer.read(MAX_BODY)
         except urllib.error.HTTPError as exc:
             raise _http_error(where, exc) from None
@@ -149,9 +162,11 @@ class TaskApi:
 
 def _http_error(where: str, exc: urllib.error.HTTPError) -> ApiError:
     try:
-        detail = json.loads(exc.read(64 * 1024)).get("error", "")
-    except (OSError, ValueError, AttributeError):
+        detail = str(json.loads(exc.read(64 * 1024)).get("error", ""))
+    except (OSError, ValueError, AttributeError, HTTPException):
         detail = ""
+    finally:
+        exc.close()
     text = f"{where}: HTTP {exc.code}" + (f": {detail}" if detail else "")
     if exc.code == 404:
         return ApiError("gone", text)

@@ -48,6 +48,8 @@ class TaskBook:
         self._live_tasks: collections.Counter[str] = collections.Counter()
         #: tasks that lost their connections to udfd: task -> {(function, node)}
         self._pending: dict[str, set[tuple[str, str]]] = {}
+        #: tasks udfd itself disabled (to restart them) and has not enabled again yet
+        self._disabled: set[str] = set()
         self._full_warned = False
         #: bumped at every change; the writer saves when it moved
         self.version = 0
@@ -67,6 +69,10 @@ class TaskBook:
         if not isinstance(tasks, dict):
             log.warning("ignoring task records %s: not udfd's format", self.path)
             return []
+        disabled = doc.get("disabled_by_udfd", [])
+        self._disabled = (
+            {t for t in disabled if isinstance(t, str)} if isinstance(disabled, list) else set()
+        )
         for task, uses in list(tasks.items())[:MAX_TASKS]:
             if not isinstance(task, str) or not task or len(task) > MAX_ID:
                 continue
@@ -87,8 +93,27 @@ class TaskBook:
         return sorted(self._pending.get(task, ()))
 
     def is_live(self, task: str) -> bool:
-        """Whether the task has a connection to udfd now (it reconnected)."""
+        """Whether the task has a connection to udfd now."""
         return self._live_tasks[task] > 0
+
+    def reconnected(self, task: str, uses: list[tuple[str, str]]) -> bool:
+        """Whether every one of ``uses`` (the pairs that had lost their connection) is live
+        again: another node of the task that never lost its connection proves nothing."""
+        if not uses:
+            return self.is_live(task)
+        return all(self._live[(task, function, node)] > 0 for function, node in uses)
+
+    def disabled_by_udfd(self, task: str) -> bool:
+        return task in self._disabled
+
+    def mark_disabled(self, task: str, disabled: bool) -> None:
+        """Remember (on disk too) that udfd disabled the task to restart it, so that a stop
+        before the enable cannot leave it looking like the user's choice."""
+        if disabled:
+            self._disabled.add(task)
+        else:
+            self._disabled.discard(task)
+        self.version += 1
 
     def counts(self) -> dict[str, int]:
         return {"live": len(+self._live_tasks), "pending": len(self._pending)}
@@ -112,7 +137,11 @@ class TaskBook:
             return
         self._live[(task, function, node)] += 1
         self._live_tasks[task] += 1
-        self._pending.pop(task, None)
+        pending = self._pending.get(task)
+        if pending is not None:  # only this node is back; others may still be lost
+            pending.discard((function, node))
+            if not pending:
+                del self._pending[task]
         self.version += 1
 
     def ended(self, task: str, function: str, node: str, *, keep: bool) -> None:
@@ -134,6 +163,9 @@ class TaskBook:
         """A pending task is handled (re-enabled, gone, disabled, or given up)."""
         if self._pending.pop(task, None) is not None:
             self.version += 1
+        if task in self._disabled:
+            self._disabled.discard(task)
+            self.version += 1
 
     # ---------------------------------------------------------------- writing
 
@@ -144,6 +176,7 @@ class TaskBook:
         return {
             "written_at": time.time(),
             "tasks": {t: sorted([list(u) for u in uses]) for t, uses in sorted(tasks.items())},
+            "disabled_by_udfd": sorted(self._disabled),
         }
 
     def save(self, document: dict[str, Any]) -> bool:

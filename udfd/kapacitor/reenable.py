@@ -55,14 +55,20 @@ class Reenabler:
         config: KapacitorConfig,
         book: TaskBook,
         changed: Callable[[], Awaitable[None]] | None = None,
+        persist: Callable[[], Awaitable[None]] | None = None,
     ) -> None:
-        """``changed``: awaited after each task's outcome (the supervisor publishes it)."""
+        """``changed``: awaited after each task's outcome (the supervisor publishes it);
+        ``persist``: awaited to write the book at once (before a disable)."""
         self._config = config
         self._book = book
         self._changed = changed
+        self._persist = persist
         self._api = TaskApi(config) if config.enabled else None
         self._limiter = anyio.CapacityLimiter(MAX_CONCURRENT)
-        self._running: set[str] = set()
+        self._running: dict[str, anyio.CancelScope] = {}
+        #: tasks lost again while an attempt for them was running: one more attempt
+        self._again: set[str] = set()
+        self._stopped = False
         self._history: dict[str, collections.deque[float]] = {}
         self.counts: dict[str, int] = dict.fromkeys(RESULTS, 0)
         self.counts.update(requests=0, request_errors=0, retries=0)
@@ -84,6 +90,10 @@ class Reenabler:
 
     def schedule(self, tg: anyio.abc.TaskGroup, tasks: Iterable[str], why: str) -> None:
         """Re-enable ``tasks`` (each at most once at a time), or say why udfd will not."""
+        if self._stopped:
+            return
+        tasks = list(tasks)
+        self._again.update(t for t in tasks if t in self._running)
         tasks = [t for t in tasks if t not in self._running]
         if not tasks:
             return
@@ -100,31 +110,54 @@ class Reenabler:
             return
         log.info("re-enabling %d Kapacitor task(s) (%s): %s", len(tasks), why, ", ".join(tasks))
         for task in tasks:
-            self._running.add(task)
+            self._running[task] = anyio.CancelScope()
             tg.start_soon(self._one, task, why)
 
+    def stop(self) -> None:
+        """udfd is stopping: no new attempts, and the running ones end (a disable already
+        sent is followed by its enable first; see :meth:`_restart`). Pending tasks stay in
+        the book for the next start."""
+        self._stopped = True
+        for scope in self._running.values():
+            scope.cancel()
+
     async def _one(self, task: str, why: str) -> None:
+        scope = self._running[task]
         try:
-            result = await self._reenable(task, why)
-        except anyio.get_cancelled_exc_class():
-            raise  # udfd stops: the task stays pending in the file, for the next start
-        except Exception:  # a udfd bug must not take the supervisor down
-            log.exception("re-enabling Kapacitor task %s failed unexpectedly", task)
-            result = "failed"
+            with scope:
+                while True:
+                    try:
+                        result = await self._reenable(task, why)
+                    except Exception:  # a udfd bug must not take the supervisor down
+                        log.exception("re-enabling Kapacitor task %s failed unexpectedly", task)
+                        result = "failed"
+                    self.counts[result] += 1
+                    if task in self._again and not self._stopped:
+                        self._again.discard(task)  # lost again meanwhile (the guard bounds it)
+                        why = "lost its connection again"
+                        continue
+                    break
+                if result != "reconnected":
+                    self._book.forget(task)
         finally:
-            self._running.discard(task)
-        self.counts[result] += 1
-        if result != "reconnected":
-            self._book.forget(task)
-        if self._changed is not None:
+            del self._running[task]
+            self._again.discard(task)
+        if self._changed is not None and not scope.cancel_called:
             await self._changed()
 
     async def _call(self, fn: Callable[..., T], *args: Any) -> T:
         self.counts["requests"] += 1
+        # the client's timeout is per socket operation; this bounds the whole request
+        deadline = 2 * self._config.request_timeout.total_seconds() + 1
         try:
-            return await anyio.to_thread.run_sync(
-                functools.partial(fn, *args), limiter=self._limiter, abandon_on_cancel=True
-            )
+            with anyio.fail_after(deadline):
+                return await anyio.to_thread.run_sync(
+                    functools.partial(fn, *args), limiter=self._limiter, abandon_on_cancel=True
+                )
+        except TimeoutError:
+            self.counts["request_errors"] += 1
+            self.last_error = f"no answer from Kapacitor within {deadline:g}s"
+            raise ApiError("transient", self.last_error) from None
         except ApiError as exc:
             self.counts["request_errors"] += 1
             self.last_error = str(exc)
@@ -145,11 +178,13 @@ class Reenabler:
         config = self._config
         await anyio.sleep(config.settle.total_seconds())
         delay = config.backoff.total_seconds()
-        we_disabled = False  # a "disabled" we see then is ours, not the user's
+        #: a "disabled" seen then is udfd's own doing (also by a run that was stopped)
+        we_disabled = self._book.disabled_by_udfd(task)
+        uses = self._book.uses(task)  # the nodes that lost their connection
         problem = ""
         executing = False
         for attempt in range(1, config.attempts + 1):
-            if self._book.is_live(task) and not we_disabled:
+            if self._book.reconnected(task, uses) and not we_disabled:
                 log.info("Kapacitor task %s reconnected by itself", task)
                 return "reconnected"
             try:
@@ -159,7 +194,7 @@ class Reenabler:
                     log.info("Kapacitor task %s is disabled; left alone", task)
                     return "disabled"
                 if state.executing:
-                    if self._book.is_live(task):
+                    if self._book.reconnected(task, uses):
                         return "reconnected"
                     problem = "still executing in Kapacitor, but not connected to udfd"
                 else:
@@ -174,9 +209,16 @@ class Reenabler:
                         self.last_error = message
                         return "limited"
                     if state.status == "enabled":
+                        self._book.mark_disabled(task, True)
+                        if self._persist is not None:
+                            await self._persist()  # on disk before Kapacitor is told
                         await self._call(api.set_status, task, "disabled")
                         we_disabled = True
-                    await self._call(api.set_status, task, "enabled")
+                    # once disabled, the enable goes out even when udfd is stopping meanwhile
+                    # (bounded by the request deadline)
+                    with anyio.CancelScope(shield=True):
+                        await self._call(api.set_status, task, "enabled")
+                    self._book.mark_disabled(task, False)
                     self._history[task].append(time.monotonic())
                     log.info(
                         "re-enabled Kapacitor task %s (%s); it had stopped with: %s",

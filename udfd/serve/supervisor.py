@@ -202,7 +202,11 @@ class Supervisor:
         self._retired: list[WorkerHandle] = []
         #: which Kapacitor tasks use udfd, and re-enabling them after a restart
         self._book = TaskBook(config.state_dir / TASKS_FILE)
-        self._reenabler = Reenabler(config.kapacitor, self._book, self._publish)
+        self._reenabler = Reenabler(
+            config.kapacitor, self._book, self._publish, persist=self._persist_tasks
+        )
+        self._tasks_lock: anyio.Lock | None = None
+        self._tasks_saved = -1  # the book version on disk
         #: connection id -> (task, function, node), from the workers' "task" records
         self._conn_tasks: dict[int, tuple[str, str, str]] = {}
         #: the tasks that ran on udfd when it last went away
@@ -385,6 +389,7 @@ class Supervisor:
             await anyio.sleep(interval)
 
     async def _shutdown(self) -> None:
+        self._reenabler.stop()  # nothing is started in Kapacitor while udfd goes away
         grace = self.config.shutdown_grace.total_seconds()
         systemd.notify("STOPPING=1", "STATUS=draining connections")
         for fs in self.functions.values():
@@ -609,6 +614,10 @@ class Supervisor:
         expected = worker.retired or worker.stopping or self.stopping
         if not self._workers():
             self._all_gone.set()
+        if lost and not self.stopping:  # Kapacitor stopped these tasks (a retired worker too)
+            assert self._tg is not None
+            why = f"worker {worker.label} died"
+            self._reenabler.schedule(self._tg, dict.fromkeys(lost), why)
         if expected:
             log.info("worker %s (pid %d) exited (%s)", worker.label, worker.pid, worker.exit)
             return
@@ -627,8 +636,6 @@ class Supervisor:
         await self._publish()
         assert self._tg is not None
         self._tg.start_soon(self._start_worker, pool, worker.slot, delay, pool.generation)
-        if lost:  # Kapacitor stopped these tasks; held connections wait for the new worker
-            self._reenabler.schedule(self._tg, dict.fromkeys(lost), f"worker {worker.label} died")
 
     # ------------------------------------------------------------ connections
 
@@ -892,13 +899,22 @@ class Supervisor:
 
     async def _save_tasks(self) -> None:
         """Keep the task records on disk within a fraction of a second of every change, so
-        that even a SIGKILL leaves the list of tasks to re-enable."""
-        saved = self._book.version
+        that even a SIGKILL leaves the list of tasks to re-enable. A failed write is tried
+        again at the next tick."""
+        self._tasks_saved = self._book.version
         while True:
             await anyio.sleep(TASKS_SAVE_INTERVAL)
-            if self._book.version != saved:
-                saved = self._book.version
-                await anyio.to_thread.run_sync(self._book.save, self._book.document())
+            if self._book.version != self._tasks_saved:
+                await self._persist_tasks()
+
+    async def _persist_tasks(self) -> None:
+        """Write the book now; one write at a time, so an older document never lands last."""
+        if self._tasks_lock is None:
+            self._tasks_lock = anyio.Lock()
+        async with self._tasks_lock:
+            version, document = self._book.version, self._book.document()
+            if await anyio.to_thread.run_sync(self._book.save, document):
+                self._tasks_saved = version
 
     async def _publish_periodically(self) -> None:
         while True:
