@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import enum
 import inspect
+import re
 import sys
 from pathlib import Path
 from typing import Any
@@ -46,6 +47,14 @@ SECTIONS: list[tuple[str, str, list[str] | None, str]] = [
      ["check_conformance", "assert_conformant", "ConformanceReport", "CHECKS"], ""),
 ]  # fmt: skip
 
+#: objects whose repr says nothing useful (annotations, marker instances)
+MARKERS = {
+    "Flag": "A `bool` option written without a value in a TICKscript (`.keepOriginal()`): "
+    "annotate the field as `udfd.Flag`.",
+    "ConfigOnly": "Marks an option that only the operator's config may set, never a "
+    "TICKscript: `Annotated[list[str], udfd.ConfigOnly]`.",
+}
+
 #: messages re-exported from the protocol: documented by their fields elsewhere
 PROTOBUF = {"Point", "BeginBatch", "EndBatch"}
 
@@ -62,14 +71,18 @@ def _signature(name: str, obj: Any) -> str:
 
 
 def _members(cls: type) -> list[tuple[str, Any]]:
+    """Public methods and properties defined in the class itself (not a dataclass field's
+    default that happens to be a function, not an ``__init__`` without its own doc)."""
     out = []
     for name, member in cls.__dict__.items():
         if name.startswith("_") and name != "__init__":
             continue
         if isinstance(member, (staticmethod, classmethod)):
             member = member.__func__
-        if inspect.isfunction(member) or isinstance(member, property):
-            if name == "__init__" and not inspect.getdoc(member):
+        if isinstance(member, property):
+            out.append((name, member))
+        elif inspect.isfunction(member) and member.__qualname__.startswith(cls.__qualname__ + "."):
+            if name == "__init__" and not member.__doc__:
                 continue
             out.append((name, member))
     return out
@@ -91,18 +104,22 @@ def _entry(module: str, name: str, obj: Any) -> list[str]:
                 lines += [f"- property `{member_name}`: " + (inspect.getdoc(member) or "")]
             else:
                 first = (inspect.getdoc(member) or "").split("\n\n")[0].replace("\n", " ")
-                lines += [f"- `{_signature(member_name, member)}`" + (f": {first}" if first else "")]
+                lines += [
+                    f"- `{_signature(member_name, member)}`" + (f": {first}" if first else "")
+                ]
         lines.append("")
         return lines
     if inspect.isclass(obj):  # an enum
         values = ", ".join(f"`{m.name}`" for m in obj)
         return [f"### enum `{module}.{name}`", "", _doc(obj), "", f"Values: {values}.", ""]
-    if callable(obj) and inspect.isfunction(getattr(obj, "__wrapped__", obj)) or inspect.isfunction(obj):
-        return [f"### `{module}.{_signature(name, obj)}`", "", _doc(obj), ""]
-    if hasattr(obj, "_fixture_function") or type(obj).__name__ == "FixtureFunctionDefinition":
+    if type(obj).__name__ == "FixtureFunctionDefinition" or hasattr(obj, "_fixture_function"):
         return [f"### fixture `{name}`", "", _doc(obj), ""]
+    if inspect.isfunction(obj):
+        return [f"### `{module}.{_signature(name, obj)}`", "", _doc(obj), ""]
     if isinstance(obj, (str, tuple, int)):
         return [f"### `{module}.{name}` = `{obj!r}`", ""]
+    if name in MARKERS:
+        return [f"### `{module}.{name}`", "", MARKERS[name], ""]
     return [f"### `{module}.{name}`", "", f"`{obj!r}`".replace("typing.", ""), ""]
 
 
@@ -119,7 +136,8 @@ def render() -> str:
             if name.startswith("__"):
                 continue
             out += _entry(module_name, name, getattr(module, name))
-    return "\n".join(out).rstrip() + "\n"
+    text = "\n".join(out).rstrip() + "\n"
+    return re.sub(r" at 0x[0-9a-f]+", "", text)  # addresses differ from run to run
 
 
 def main() -> int:

@@ -32,7 +32,10 @@ def udfd_run(*args: str, stdin: str = "") -> subprocess.CompletedProcess[str]:
 
 
 def test_state_change_prints_exactly_the_six_changes_of_the_golden_data() -> None:
-    done = udfd_run("state_change", "--opt", "field=value", stdin=ADSL_LP)
+    # the README's command, on the file it names (the golden data, one copy in the repo)
+    readme_file = Path(__file__).resolve().parents[1] / "docs" / "adsl.lp"
+    assert readme_file.read_text() == ADSL_LP
+    done = udfd_run("state_change", "--opt", "field=value", stdin=readme_file.read_text())
     assert done.returncode == 0, done.stderr
     assert done.stdout.splitlines() == [
         f'adsl_connection,host=router1 value="{v}" {t}' for t, v in ADSL_CHANGES

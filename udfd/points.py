@@ -50,6 +50,8 @@ def get_number(point: pb.Point, name: str) -> float:
 
 
 def has_field(point: pb.Point, name: str) -> bool:
+    """Whether the point has field ``name``, of any type (the protocol keeps one map per
+    type, so a plain ``in`` on one of them misses the others)."""
     return (
         name in point.fieldsDouble
         or name in point.fieldsInt
@@ -111,6 +113,7 @@ def _plain(value: FieldValue) -> FieldValue:
 
 
 def remove_field(point: pb.Point, name: str) -> None:
+    """Remove field ``name`` from the point in place, whatever its type; absent is fine."""
     for fmap in (point.fieldsDouble, point.fieldsInt, point.fieldsString, point.fieldsBool):
         if fmap and name in fmap:
             del fmap[name]
