@@ -89,10 +89,12 @@ def test_udfd_new_writes_a_plugin_that_installs_tests_and_serves(tmp_path: Path)
 
 
 def test_names_that_cannot_be_a_function_are_refused(tmp_path: Path) -> None:
-    done = subprocess.run(
-        [sys.executable, "-m", "udfd", "new", "9lives", "-o", str(tmp_path / "x")],
-        capture_output=True,
-        text=True,
-    )
-    assert done.returncode == 2 and "not a usable name" in done.stderr
-    assert not (tmp_path / "x").exists()
+    for name, why in (("9lives", "not a usable name"), ("class", "Python keyword"),
+                      ("pydantic", "shadows"), ("json", "shadows")):  # fmt: skip
+        done = subprocess.run(
+            [sys.executable, "-m", "udfd", "new", name, "-o", str(tmp_path / "x")],
+            capture_output=True,
+            text=True,
+        )
+        assert done.returncode == 2 and why in done.stderr, (name, done.stderr)
+        assert not (tmp_path / "x").exists()

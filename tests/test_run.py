@@ -71,6 +71,7 @@ def test_init_errors_are_the_ones_kapacitor_would_show() -> None:
     assert wrong_type.returncode == 2 and "Init failed: moving_average:" in wrong_type.stderr
     assert "size" in wrong_type.stderr
     missing = udfd_run("moving_average", "--opt", "field=v", stdin="")
+    assert missing.returncode == 2
     assert "option 'size' is required: .size(int)" in missing.stderr
     assert udfd_run("no_such_module:Nope").returncode == 3
 
@@ -159,12 +160,95 @@ def test_socket_drives_a_running_daemons_function(
 def test_line_protocol_output_escapes_as_influxdb_reads_it() -> None:
     point = pb.Point(name="my cpu,x", time=5)
     point.tags["a b"] = "c=d"
+    point.tags["empty"] = ""  # InfluxDB rejects an empty tag value: left out
+    point.fieldsString["path"] = "C:\\dir"
     point.fieldsString["s"] = 'say "hi"'
     point.fieldsInt["n"] = 3
     point.fieldsBool["ok"] = True
     point.fieldsDouble["f"] = 1.5
     line = format_line(point)
-    assert line == 'my\\ cpu\\,x,a\\ b=c\\=d f=1.5,n=3i,ok=true,s="say \\"hi\\"" 5'
+    assert line == 'my\\ cpu\\,x,a\\ b=c\\=d f=1.5,n=3i,ok=true,path="C:\\\\dir",s="say \\"hi\\"" 5'
     (back,) = list(points_from_lines([line]))
     assert back.name == "my cpu,x" and dict(back.tags) == {"a b": "c=d"}
     assert back.fieldsString["s"] == 'say "hi"' and back.fieldsInt["n"] == 3
+    assert back.fieldsString["path"] == "C:\\dir"
+
+
+def test_sub_microsecond_negative_and_out_of_range_values() -> None:
+    from udfd.run.options import duration_ns
+
+    assert [duration_ns(t) for t in ("500ns", "1ns", "1.5s", "-5m", "10u", "1h30m")] == [
+        500, 1, 1_500_000_000, -300 * 10**9, 10_000, 5400 * 10**9,
+    ]  # fmt: skip
+    assert parse_opt("t=1ns").values[0].durationValue == 1
+    # what a TICKscript cannot write is a word, not a number or a bool
+    assert [parse_opt(f"x={t}").values[0].type for t in (".5", "1e3", "true", "-2.5", "-3")] == [
+        pb.STRING, pb.STRING, pb.STRING, pb.DOUBLE, pb.INT,
+    ]  # fmt: skip
+    too_big = udfd_run("moving_average", "--opt", "size=99999999999999999999", stdin="")
+    assert too_big.returncode == 2 and "out of range for a 64-bit integer" in too_big.stderr
+    huge = udfd_run("state_change", "--opt", "field=v", stdin="m v=18446744073709551615u 1\n")
+    assert huge.returncode == 2 and "stdin:1: unsigned field value" in huge.stderr
+    assert "Traceback" not in too_big.stderr + huge.stderr
+
+
+def test_output_that_line_protocol_cannot_carry_is_said_in_a_comment(tmp_path: Path) -> None:
+    odd = pb.Point(name="m", time=7)
+    odd.tags["host"] = ""
+    odd.fieldsDouble["bad"] = float("nan")
+    odd.fieldsDouble["ok"] = 1.0
+    assert format_line(odd) == "m ok=1.0 7\n# ^ fields left out (NaN or infinite): bad"
+    only_nan = pb.Point(name="m", time=7)
+    only_nan.fieldsDouble["bad"] = float("inf")
+    assert format_line(only_nan).startswith("# m 7 (no field line protocol can carry")
+    hashed = pb.Point(name="#m", time=7)
+    hashed.fieldsInt["n"] = 1
+    assert format_line(hashed).startswith("# #m (a measurement beginning with '#'")
+    # through the engine, from a handler given as file.py:Class, in every format
+    handler = tmp_path / "nan.py"
+    handler.write_text(
+        "import udfd\n\n\nclass Nan(udfd.Handler[udfd.NoOptions]):\n"
+        "    def point(self, point):\n"
+        "        return udfd.derive(point, {'ratio': float('nan')})\n"
+    )
+    for fmt in ("lp", "json", "table"):
+        done = udfd_run(f"{handler}:Nan", "--format", fmt, stdin="m v=1 1\n")
+        assert done.returncode == 0 and "Traceback" not in done.stderr, done.stderr
+    lines = udfd_run(f"{handler}:Nan", "--format", "json", stdin="m v=1 1\n").stdout
+    assert json.loads(lines)["fields"] == {"ratio": None}  # derive() replaces the fields
+
+
+def test_piped_input_is_handled_as_it_arrives() -> None:
+    import time
+
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "udfd", "run", "state_change", "--opt", "field=value", "-q", "-"],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert proc.stdin is not None and proc.stdout is not None
+    try:
+        proc.stdin.write(ADSL_LP.splitlines(keepends=True)[0])
+        proc.stdin.flush()
+        started = time.monotonic()
+        first = proc.stdout.readline()  # before the input ends: the pipe stays open
+        waited = time.monotonic() - started
+        assert first.startswith('adsl_connection,host=router1 value="SHOWTIME"')
+        assert proc.poll() is None
+    finally:
+        proc.stdin.close()
+        proc.wait(30)
+        proc.stdout.close()
+    assert proc.returncode == 0
+    print(f"\nfirst output {waited:.2f}s after the first line, with the input still open")
+
+
+def test_a_socket_nobody_serves_and_a_line_without_a_timestamp() -> None:
+    gone = udfd_run("--socket", "/nonexistent/udf.sock", "--opt", "field=value", stdin=ADSL_LP)
+    assert gone.returncode == 2 and "cannot connect to /nonexistent/udf.sock" in gone.stderr
+    import time
+
+    before = time.time_ns()
+    (point,) = points_from_lines(["m v=1"])
+    assert before <= point.time <= time.time_ns()  # stamped now, as InfluxDB does

@@ -569,7 +569,7 @@ COMMANDS = {
 def main(argv: Sequence[str] | None = None) -> None:
     parser = build_parser(argv)
     args, extra = parser.parse_known_args(argv)
-    if args.command == "run" and not any(e.startswith("-") for e in extra):
+    if args.command == "run" and not any(e.startswith("-") and e != "-" for e in extra):
         args.args.extend(extra)  # FILE after options: `udfd run H --opt a=1 in.lp`
     elif extra:
         parser.error(f"unrecognized arguments: {' '.join(extra)}")

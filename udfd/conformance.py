@@ -101,13 +101,20 @@ async def _run(
             answer = await client.restore(restore)
             if not answer.success:
                 raise UdfError(f"Restore failed: {answer.error}")
-        await _send(client, data)
         taken = b""
         before: list[Message] | None = None
-        if snapshot:
-            taken = await client.snapshot()
-            before = list(client.output)  # close()'s output would not be in one long run
-        await client.finish()
+        try:
+            await _send(client, data)
+            if snapshot:
+                taken = await client.snapshot()
+                before = list(client.output)  # close()'s output would not be in one long run
+            await client.finish()
+        except (anyio.BrokenResourceError, anyio.ClosedResourceError, OSError):
+            # the handler ended the task (its ErrorResponse is in client.errors)
+            with anyio.move_on_after(5):
+                await client.wait_closed()
+        if snapshot and before is None and not client.errors:
+            raise UdfError("the connection ended before the Snapshot was answered")
         return (before if before is not None else list(client.output)), taken, client.errors
 
 
@@ -165,10 +172,16 @@ async def check_conformance(
                 continue
             try:
                 result = await _CHECKERS[check](ctx)
-            except (UdfError, TimeoutError) as exc:
-                result = Result(check, False, f"{type(exc).__name__}: {exc}")
+            except Exception as exc:  # a check that could not run is a failed check
+                result = Result(check, False, _describe(exc))
             report.results.append(result)
     return report
+
+
+def _describe(exc: BaseException) -> str:
+    while isinstance(exc, BaseExceptionGroup) and exc.exceptions:
+        exc = exc.exceptions[0]
+    return f"{type(exc).__name__}: {exc}"
 
 
 @dataclass
@@ -214,10 +227,15 @@ async def _snapshot(ctx: _Case) -> Result:
     data = ctx.data
     half = max(1, len(data) // 2)
     whole, _, errors = await _run(ctx.path, ctx.opts, data)
-    first, snap, _ = await _run(ctx.path, ctx.opts, data[:half], snapshot=True)
-    second, _, _ = await _run(ctx.path, ctx.opts, data[half:], restore=snap)
-    if errors:
-        return Result("snapshot", False, f"the uninterrupted run failed: {errors[0]}")
+    first, snap, first_errors = await _run(ctx.path, ctx.opts, data[:half], snapshot=True)
+    # Kapacitor restores only a snapshot it has: an empty one is never sent back
+    second, _, second_errors = await _run(
+        ctx.path, ctx.opts, data[half:], restore=snap if snap else None
+    )
+    for what, found in (("uninterrupted run", errors), ("first half", first_errors),
+                        ("restored second half", second_errors)):  # fmt: skip
+        if found:
+            return Result("snapshot", False, f"the {what} ended with an error: {found[0]}")
     if not _same(whole, first + second):
         return Result(
             "snapshot",
@@ -228,14 +246,35 @@ async def _snapshot(ctx: _Case) -> Result:
     return Result("snapshot", True, f"{len(snap)}-byte snapshot")
 
 
+async def _output(ctx: _Case, check: str) -> tuple[list[Message], Result | None]:
+    """One run's output, or the failed result when it ended in an error or gave nothing
+    (a check with nothing to look at has not passed: give sample data that makes output)."""
+    output, _, errors = await _run(ctx.path, ctx.opts, ctx.data)
+    if errors:
+        return output, Result(check, False, f"the run ended with an error: {errors[0]}")
+    if not any(isinstance(m, pb.Point) for m in output):
+        return output, Result(check, False, "no output points to check: give sample data "
+                              "that makes the handler emit some")  # fmt: skip
+    return output, None
+
+
 async def _framing(ctx: _Case) -> Result:
-    output, _, _ = await _run(ctx.path, ctx.opts, ctx.data)  # the client checks batch framing
-    edges = [m for m in output if not isinstance(m, pb.Point)]
-    if ctx.spec.provides is Edge.STREAM and edges:
-        return Result("framing", False, f"a stream handler sent {type(edges[0]).__name__}")
-    batch = ctx.spec.provides is Edge.BATCH
-    if batch and output and not isinstance(output[0], pb.BeginBatch):
-        return Result("framing", False, "a batch handler sent a point outside a batch")
+    output, failed = await _output(ctx, "framing")  # the client checks Begin/End pairing
+    if failed is not None:
+        return failed
+    if ctx.spec.provides is Edge.STREAM:
+        edges = [m for m in output if not isinstance(m, pb.Point)]
+        if edges:
+            return Result("framing", False, f"a stream handler sent {type(edges[0]).__name__}")
+    else:
+        inside = False
+        for i, message in enumerate(output):
+            if isinstance(message, pb.BeginBatch):
+                inside = True
+            elif isinstance(message, pb.EndBatch):
+                inside = False
+            elif not inside:
+                return Result("framing", False, f"output {i} is a point outside any batch")
     return Result("framing", True, f"{len(output)} message(s)")
 
 
@@ -247,7 +286,9 @@ def _identity_key(message: pb.Point | pb.BeginBatch, with_dimensions: bool) -> t
 async def _identity(ctx: _Case) -> Result:
     if ctx.spec.provides is not Edge.STREAM:
         return Result("identity", True, "batch output: identity is the batch's")
-    output, _, _ = await _run(ctx.path, ctx.opts, ctx.data)
+    output, failed = await _output(ctx, "identity")
+    if failed is not None:
+        return failed
     stream_in = ctx.spec.wants is Edge.STREAM
     known = {
         _identity_key(item if isinstance(item, pb.Point) else item[0], stream_in)

@@ -11,7 +11,9 @@ distribution ``NAME`` with dashes, the package and the function (the TICKscript'
 
 from __future__ import annotations
 
+import keyword
 import re
+import sys
 from pathlib import Path
 
 from udfd import __version__
@@ -19,6 +21,11 @@ from udfd import __version__
 __all__ = ["ScaffoldError", "write_plugin"]
 
 _NAME = re.compile(r"[A-Za-z][A-Za-z0-9_-]*\Z")
+#: packages a plugin must not shadow
+RESERVED = frozenset({
+    "udfd", "kapacitor", "anyio", "google", "pydantic", "pydantic_settings", "pydantic_core",
+    "influxdb_client", "pytest", "setuptools", "pip", "tests", "test", "src",
+})  # fmt: skip
 
 
 class ScaffoldError(Exception):
@@ -171,6 +178,12 @@ def write_plugin(name: str, directory: Path) -> list[Path]:
     if not _NAME.match(name):
         raise ScaffoldError(
             f"{name!r} is not a usable name: start with a letter; letters, digits, - and _"
+        )
+    module = name.replace("-", "_").lower()
+    if keyword.iskeyword(module) or module in RESERVED or module in sys.stdlib_module_names:
+        raise ScaffoldError(
+            f"{name!r} would make a package {module!r} that is a Python keyword or shadows "
+            "a module udfd, its dependencies or Python need; choose another name"
         )
     if directory.exists():
         raise ScaffoldError(f"{directory} exists already; choose another name or directory")

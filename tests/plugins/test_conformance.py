@@ -70,3 +70,16 @@ def test_the_check_fails_a_handler_that_breaks_it(udf: Any, check: str) -> None:
     report = udf.conformance(Forgetful, points=udf.points(NUMBERS), check=False)
     failed = [r.check for r in report.failures]
     assert failed == [check], str(report)
+
+
+def test_a_failing_handler_gets_a_report_not_an_exception(udf: Any) -> None:
+    import udfd
+
+    class Raises(udfd.Handler[udfd.NoOptions]):
+        def point(self, point: udfd.Point) -> udfd.Output:
+            raise RuntimeError("boom")
+
+    report = udf.conformance(Raises, points=udf.points(NUMBERS), check=False)
+    failed = {r.check: r.detail for r in report.failures}
+    assert set(failed) == {"snapshot", "framing", "identity", "keepalive"}, str(report)
+    assert "boom" in failed["framing"] and "boom" in failed["identity"]

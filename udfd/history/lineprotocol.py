@@ -89,9 +89,15 @@ def _number_or_bool(text: str) -> FieldValue:
         return False
     digits, suffix = text[:-1], text[-1]
     if suffix == "i" and _INT.fullmatch(digits):
-        return int(digits)
+        value = int(digits)
+        if not -(2**63) <= value < 2**63:
+            raise LineProtocolError(f"integer field value {text!r} is out of the int64 range")
+        return value
     if suffix == "u" and _UINT.fullmatch(digits):
-        return int(digits)
+        value = int(digits)
+        if value >= 2**63:  # the UDF protocol carries integers as int64
+            raise LineProtocolError(f"unsigned field value {text!r} does not fit an int64")
+        return value
     if suffix == "u" and _INT.fullmatch(digits):
         raise LineProtocolError(f"unsigned field value {text!r} is negative")
     if _FLOAT.fullmatch(text):

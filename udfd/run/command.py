@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
+import stat
 import sys
 import time
 from collections.abc import AsyncIterator, Iterator
@@ -24,12 +25,11 @@ from typing import Any, TextIO
 
 import anyio
 
-from udfd.config.values import parse_duration
-from udfd.history.lineprotocol import PRECISIONS
+from udfd.history.lineprotocol import PRECISIONS, LineProtocolError
 from udfd.protocol.client import UdfClient, UdfError, connect
 from udfd.protocol.proto import udf_pb2 as pb
 from udfd.run.feed import Feed
-from udfd.run.options import OptionSyntaxError, parse_opt
+from udfd.run.options import OptionSyntaxError, duration_ns, parse_opt
 from udfd.run.output import FORMATS, OutputWriter
 
 __all__ = ["add_run_parser", "cmd_run"]
@@ -96,12 +96,11 @@ def cmd_run(args: argparse.Namespace) -> int:
         return _fail("--batch-size must be at least 1", EXIT_USAGE)
     if args.window is not None:
         try:
-            window = parse_duration(args.window)
+            feed.window_ns = duration_ns(args.window)
         except ValueError as exc:
             return _fail(f"--window: {exc}", EXIT_USAGE)
-        if window.total_seconds() <= 0:
+        if feed.window_ns <= 0:
             return _fail("--window must be longer than 0", EXIT_USAGE)
-        feed.window_ns = round(window.total_seconds() * 1e9)
     logs.configure("error")  # the handler's errors on stderr; Init's answer is printed anyway
     spec = None
     if handler_ref is not None:
@@ -113,24 +112,32 @@ def cmd_run(args: argparse.Namespace) -> int:
         except PluginError as exc:
             return _fail(f"cannot load handler {handler_ref!r}: {exc}", EXIT_LOAD)
     try:
-        with _open_input(source) as lines:
-            runner = _Run(args, options, feed, lines, source)
-            code = anyio.run(runner.main, spec)
+        lines = _open_input(source)
     except OSError as exc:
         return _fail(f"cannot read {source}: {exc.strerror or exc}", EXIT_USAGE)
+    with lines as stream:
+        runner = _Run(args, options, feed, stream, source)
+        code = anyio.run(runner.main, spec)
     if runner.writer.broken:  # `| head`: not an error; keep the exit-time flush quiet
         devnull = os.open(os.devnull, os.O_WRONLY)
         os.dup2(devnull, sys.stdout.fileno())
     return code
 
 
-@contextlib.contextmanager
-def _open_input(source: str) -> Iterator[TextIO]:
+def _open_input(source: str) -> contextlib.AbstractContextManager[TextIO]:
+    """Opened now (so a missing file is reported before anything runs), closed by ``with``."""
     if source == "-":
-        yield sys.stdin
-        return
-    with open(source, encoding="utf-8") as f:
-        yield f
+        return contextlib.nullcontext(sys.stdin)
+    return open(source, encoding="utf-8")
+
+
+def _is_regular(stream: TextIO) -> bool:
+    """A file (also ``< file``): read at full speed. Otherwise (a pipe, a terminal) lines
+    are read off the event loop and sent one by one, so output follows input."""
+    try:
+        return stat.S_ISREG(os.fstat(stream.fileno()).st_mode)
+    except (OSError, ValueError):
+        return False
 
 
 class _Run:
@@ -157,6 +164,8 @@ class _Run:
                 return await self._drive(path)
             except UdfError as exc:
                 return _fail(str(exc), EXIT_TASK_FAILED)
+            except OSError as exc:  # connecting: a --socket nobody serves, say
+                return _fail(f"cannot connect to {path}: {exc.strerror or exc}", EXIT_USAGE)
 
     @contextlib.asynccontextmanager
     async def _served(self, spec: Any) -> AsyncIterator[Path]:
@@ -206,13 +215,41 @@ class _Run:
 
     async def _send(self, client: UdfClient) -> None:
         try:
-            if self.feed.batched:
+            if not _is_regular(self.lines):
+                await self._send_as_read(client)
+            elif self.feed.batched:
                 for begin, points, end in self.feed.batches(self._lines(), self.where):
                     await client.send_batch(begin, points, end)
             else:
                 await client.send_points(self.feed.points(self._lines(), self.where))
         except (anyio.BrokenResourceError, OSError):
             pass  # the handler ended the connection; its ErrorResponse says why
+
+    async def _send_as_read(self, client: UdfClient) -> None:
+        """A pipe or a terminal: each line as it comes (read in a thread, so the handler's
+        output is written meanwhile)."""
+        batcher = self.feed.batcher() if self.feed.batched else None
+        number = 0
+        while not self.writer.broken:
+            line = await anyio.to_thread.run_sync(self.lines.readline, abandon_on_cancel=True)
+            if not line:
+                break
+            number += 1
+            try:
+                point = self.feed.parse(line, number, self.where)
+            except LineProtocolError as exc:
+                self.feed.error = str(exc)
+                break
+            if point is None:
+                continue
+            if batcher is None:
+                await client.send_point(point)
+            else:
+                for begin, points, end in batcher.add(point):
+                    await client.send_batch(begin, points, end)
+        if batcher is not None:
+            for begin, points, end in batcher.flush():
+                await client.send_batch(begin, points, end)
 
     def _flush(self, client: UdfClient) -> None:
         output, client.output = client.output, []

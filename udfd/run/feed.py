@@ -17,10 +17,11 @@ nodes). Input is expected in time order, as Kapacitor's stream is.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 
-from udfd.history.lineprotocol import LineProtocolError, parse_lines
+from udfd.history.lineprotocol import LineProtocolError, parse_line, parse_lines
 from udfd.history.rows import Row
 from udfd.points import make_point
 from udfd.protocol.proto import udf_pb2 as pb
@@ -40,7 +41,7 @@ def _point(row: Row, group_by: Sequence[str], database: str, rp: str) -> pb.Poin
     dims = sorted(group_by)
     point = make_point(
         row.measurement,
-        row.time or 0,
+        row.time if row.time is not None else time.time_ns(),  # as InfluxDB stamps it
         row.fields,
         dict(row.tags),
         group=group_id(dict(row.tags), dims),
@@ -59,14 +60,16 @@ def points_from_lines(
     database: str = "",
     retention_policy: str = "",
 ) -> Iterator[pb.Point]:
-    """Stream points from line protocol (``LineProtocolError`` names the bad line)."""
+    """Stream points from line protocol (``LineProtocolError`` names the bad line).
+
+    A line without a timestamp gets the current time, as InfluxDB gives it."""
     for row in parse_lines(lines, precision, where):
         yield _point(row, group_by, database, retention_policy)
 
 
 def _batch(points: list[pb.Point], tmax: int | None = None) -> Batch:
     first = points[0]
-    tags = {k: first.tags[k] for k in first.dimensions}
+    tags = {k: first.tags.get(k, "") for k in first.dimensions}
     begin = pb.BeginBatch(name=first.name, group=first.group, tags=tags, size=len(points))
     body = []
     for p in points:
@@ -82,40 +85,75 @@ def _batch(points: list[pb.Point], tmax: int | None = None) -> Batch:
     return begin, body, end
 
 
+class SizeBatcher:
+    """Per group (and measurement), every ``size`` consecutive points make a batch."""
+
+    def __init__(self, size: int) -> None:
+        if size < 1:
+            raise ValueError("a batch size must be at least 1")
+        self._size = size
+        self._open: dict[tuple[str, str], list[pb.Point]] = {}
+
+    def add(self, point: pb.Point) -> list[Batch]:
+        key = (point.name, point.group)
+        pending = self._open.setdefault(key, [])
+        pending.append(point)
+        if len(pending) < self._size:
+            return []
+        self._open[key] = []
+        return [_batch(pending)]
+
+    def flush(self) -> list[Batch]:
+        """The partial batches at the end of input, oldest first."""
+        rest = [p for p in self._open.values() if p]
+        self._open = {}
+        return [_batch(p) for p in sorted(rest, key=lambda p: p[0].time)]
+
+
+class WindowBatcher:
+    """Per group (and measurement), the points of each window of ``window_ns`` aligned to
+    the epoch; a window is sent when a later point of its group arrives, or at the end."""
+
+    def __init__(self, window_ns: int) -> None:
+        if window_ns < 1:
+            raise ValueError("a window must be longer than 0")
+        self._window = window_ns
+        self._open: dict[tuple[str, str], tuple[int, list[pb.Point]]] = {}
+
+    def add(self, point: pb.Point) -> list[Batch]:
+        key = (point.name, point.group)
+        start = point.time - point.time % self._window
+        current = self._open.get(key)
+        out = []
+        if current is not None and current[0] != start:
+            out.append(_batch(current[1], tmax=current[0] + self._window))
+            current = None
+        if current is None:
+            current = self._open[key] = (start, [])
+        current[1].append(point)
+        return out
+
+    def flush(self) -> list[Batch]:
+        """The open windows at the end of input, in time order."""
+        rest = sorted(self._open.values(), key=lambda w: w[0])
+        self._open = {}
+        return [_batch(points, tmax=start + self._window) for start, points in rest]
+
+
+def _batched(points: Iterable[pb.Point], batcher: SizeBatcher | WindowBatcher) -> Iterator[Batch]:
+    for point in points:
+        yield from batcher.add(point)
+    yield from batcher.flush()
+
+
 def batches_by_size(points: Iterable[pb.Point], size: int) -> Iterator[Batch]:
     """Per group (and measurement), every ``size`` consecutive points."""
-    if size < 1:
-        raise ValueError("a batch size must be at least 1")
-    open_: dict[tuple[str, str], list[pb.Point]] = {}
-    for point in points:
-        key = (point.name, point.group)
-        pending = open_.setdefault(key, [])
-        pending.append(point)
-        if len(pending) == size:
-            yield _batch(pending)
-            open_[key] = []
-    for pending in open_.values():
-        if pending:
-            yield _batch(pending)
+    return _batched(points, SizeBatcher(size))
 
 
 def batches_by_window(points: Iterable[pb.Point], window_ns: int) -> Iterator[Batch]:
     """Per group (and measurement), the points of each aligned window of ``window_ns``."""
-    if window_ns < 1:
-        raise ValueError("a window must be longer than 0")
-    open_: dict[tuple[str, str], tuple[int, list[pb.Point]]] = {}
-    for point in points:
-        key = (point.name, point.group)
-        start = point.time - point.time % window_ns
-        current = open_.get(key)
-        if current is not None and current[0] != start:
-            yield _batch(current[1], tmax=current[0] + window_ns)
-            current = None
-        if current is None:
-            current = open_[key] = (start, [])
-        current[1].append(point)
-    for start, pending in open_.values():
-        yield _batch(pending, tmax=start + window_ns)
+    return _batched(points, WindowBatcher(window_ns))
 
 
 @dataclass
@@ -136,6 +174,18 @@ class Feed:
     def batched(self) -> bool:
         return self.batch_size is not None or self.window_ns is not None
 
+    def parse(self, line: str, number: int, where: str) -> pb.Point | None:
+        """One input line as a point (None: blank or a comment); the error names the line."""
+        text = line.rstrip("\r\n").lstrip(" \t")
+        if not text.strip() or text.startswith("#"):
+            return None
+        try:
+            row = parse_line(text, self.precision)
+        except LineProtocolError as exc:
+            raise LineProtocolError(f"{where}:{number}: {exc}") from None
+        self.counted[0] += 1
+        return _point(row, self.group_by, self.database, self.retention_policy)
+
     def points(self, lines: Iterable[str], where: str = "") -> Iterator[pb.Point]:
         """The points up to the first bad line, whose error is kept in :attr:`error` (so
         everything before it is still sent and handled)."""
@@ -153,9 +203,11 @@ class Feed:
         except LineProtocolError as exc:
             self.error = str(exc)
 
-    def batches(self, lines: Iterable[str], where: str = "") -> Iterator[Batch]:
-        points = self.points(lines, where)
+    def batcher(self) -> SizeBatcher | WindowBatcher:
         if self.batch_size is not None:
-            return batches_by_size(points, self.batch_size)
+            return SizeBatcher(self.batch_size)
         assert self.window_ns is not None
-        return batches_by_window(points, self.window_ns)
+        return WindowBatcher(self.window_ns)
+
+    def batches(self, lines: Iterable[str], where: str = "") -> Iterator[Batch]:
+        return _batched(self.points(lines, where), self.batcher())

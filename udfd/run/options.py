@@ -3,6 +3,8 @@
 In a TICKscript, ``10`` is an int, ``1.5`` a float, ``TRUE``/``FALSE`` a bool, ``5m``
 a duration and ``'x'`` a string. On a command line quotes are usually eaten by the
 shell, so a bare word that is none of the others is a string too (``field=value``).
+Floats need digits on both sides of the point (``1.5``; ``.5`` and ``1e3`` are
+words, as a TICKscript cannot write them), and the bools are ``TRUE`` and ``FALSE``.
 A prefix forces a type: ``int:``, ``float:``, ``bool:``, ``str:``, ``dur:``. Several
 values for one call are separated by commas outside quotes (``range=10,20``), and
 repeating ``--opt`` with the same name calls the option again, as a TICKscript
@@ -13,29 +15,50 @@ from __future__ import annotations
 
 import re
 
-from udfd.config.values import parse_duration
 from udfd.protocol.proto import udf_pb2 as pb
 
 __all__ = ["OptionSyntaxError", "parse_opt", "typed_value"]
 
-_INT = re.compile(r"[-+]?\d+\Z")
-_FLOAT = re.compile(r"[-+]?(?:\d+\.\d*|\.\d+|\d+)(?:[eE][-+]?\d+)?\Z")
-_DURATION = re.compile(r"(?:\d+(?:\.\d*)?(?:ns|us|µs|ms|s|m|h|d|w))+\Z")
-_UNITS = {"d": 86400.0, "w": 7 * 86400.0}
+_INT = re.compile(r"-?\d+\Z")
+#: TICKscript floats have digits on both sides of the point (no exponent, no ".5")
+_FLOAT = re.compile(r"-?\d+\.\d+\Z")
+_PART = r"(\d+(?:\.\d+)?)(ns|us|µs|u|µ|ms|s|m|h|d|w)"
+_DURATION = re.compile(rf"-?(?:{_PART})+\Z")
+#: nanoseconds per unit, as TICKscript's durations write them
+_NS = {"ns": 1, "us": 1_000, "µs": 1_000, "u": 1_000, "µ": 1_000, "ms": 1_000_000,
+       "s": 10**9, "m": 60 * 10**9, "h": 3600 * 10**9, "d": 86400 * 10**9,
+       "w": 7 * 86400 * 10**9}  # fmt: skip
+INT64 = (-(2**63), 2**63 - 1)
 
 
 class OptionSyntaxError(ValueError):
     pass
 
 
+def duration_ns(text: str) -> int:
+    """A TICKscript duration ("5m", "1.5s", "500ns", "-10s", "1h30m") in whole nanoseconds,
+    exactly (no float rounding for sub-microsecond values)."""
+    if not _DURATION.match(text):
+        raise ValueError(f"{text!r} is not a duration (units ns, u, ms, s, m, h, d, w)")
+    sign = -1 if text.startswith("-") else 1
+    total = 0
+    for number, unit in re.findall(_PART, text):
+        whole, _, fraction = number.partition(".")
+        scale = _NS[unit]
+        total += int(whole) * scale
+        if fraction:
+            total += int(fraction) * scale // 10 ** len(fraction)
+    return sign * total
+
+
 def _duration(text: str) -> pb.OptionValue:
-    seconds = 0.0
-    for number, unit in re.findall(r"(\d+(?:\.\d*)?)(ns|us|µs|ms|s|m|h|d|w)", text):
-        if unit in _UNITS:
-            seconds += float(number) * _UNITS[unit]
-        else:
-            seconds += parse_duration(number + unit).total_seconds()
-    return pb.OptionValue(type=pb.DURATION, durationValue=round(seconds * 1e9))
+    return pb.OptionValue(type=pb.DURATION, durationValue=_int64(duration_ns(text), text))
+
+
+def _int64(value: int, text: str) -> int:
+    if not INT64[0] <= value <= INT64[1]:
+        raise OptionSyntaxError(f"{text!r} is out of range for a 64-bit integer")
+    return value
 
 
 def typed_value(text: str) -> pb.OptionValue:
@@ -44,7 +67,7 @@ def typed_value(text: str) -> pb.OptionValue:
     if sep and kind in ("int", "float", "bool", "str", "dur"):
         try:
             if kind == "int":
-                return pb.OptionValue(type=pb.INT, intValue=int(rest))
+                return pb.OptionValue(type=pb.INT, intValue=_int64(int(rest), text))
             if kind == "float":
                 return pb.OptionValue(type=pb.DOUBLE, doubleValue=float(rest))
             if kind == "bool":
@@ -52,8 +75,6 @@ def typed_value(text: str) -> pb.OptionValue:
                     raise ValueError(rest)
                 return pb.OptionValue(type=pb.BOOL, boolValue=rest.upper() == "TRUE")
             if kind == "dur":
-                if not _DURATION.match(rest):
-                    raise ValueError(rest)
                 return _duration(rest)
         except ValueError:
             raise OptionSyntaxError(f"{text!r} is not a valid {kind}") from None
@@ -61,11 +82,11 @@ def typed_value(text: str) -> pb.OptionValue:
     if len(text) >= 2 and text[0] == text[-1] and text[0] in "'\"":
         return pb.OptionValue(type=pb.STRING, stringValue=text[1:-1])
     if _INT.match(text):
-        return pb.OptionValue(type=pb.INT, intValue=int(text))
+        return pb.OptionValue(type=pb.INT, intValue=_int64(int(text), text))
     if _FLOAT.match(text):
         return pb.OptionValue(type=pb.DOUBLE, doubleValue=float(text))
-    if text in ("TRUE", "FALSE", "true", "false"):
-        return pb.OptionValue(type=pb.BOOL, boolValue=text.upper() == "TRUE")
+    if text in ("TRUE", "FALSE"):  # TICKscript's only bool literals; "true" is a word
+        return pb.OptionValue(type=pb.BOOL, boolValue=text == "TRUE")
     if _DURATION.match(text):
         return _duration(text)
     return pb.OptionValue(type=pb.STRING, stringValue=text)

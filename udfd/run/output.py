@@ -29,14 +29,16 @@ def _escape(text: str, special: str) -> str:
     return out
 
 
+def _finite(value: Any) -> bool:
+    return not (isinstance(value, float) and (math.isnan(value) or math.isinf(value)))
+
+
 def _field_value(value: Any) -> str:
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, int):
         return f"{value}i"
     if isinstance(value, float):
-        if math.isnan(value) or math.isinf(value):
-            raise ValueError("line protocol cannot carry NaN or infinity")
         return repr(value)
     return '"' + str(value).replace("\\", "\\\\").replace('"', '\\"') + '"'
 
@@ -51,15 +53,29 @@ def _fields(point: pb.Point) -> dict[str, Any]:
 
 
 def format_line(point: pb.Point, name: str = "") -> str:
-    """One point as line protocol (``name`` for batch points, which carry none)."""
-    fields = _fields(point)
-    parts = [_escape(point.name or name or "unnamed", ", ")]
-    parts += [f"{_escape(k, ',= ')}={_escape(v, ',= ')}" for k, v in sorted(point.tags.items())]
+    """One point as line protocol (``name`` for batch points, which carry none).
+
+    What line protocol cannot carry is said in a ``#`` comment line instead of writing a
+    line InfluxDB would reject or skip: NaN and infinite fields are left out (named in a
+    trailing comment line), empty tag values are left out (InfluxDB drops them too), and a
+    point without writable fields, or whose measurement begins with ``#``, is a comment.
+    """
+    values = _fields(point)
+    fields = {k: v for k, v in values.items() if _finite(v)}
+    measurement = point.name or name or "unnamed"
+    parts = [_escape(measurement, ", ")]
+    parts += [
+        f"{_escape(k, ',= ')}={_escape(v, ',= ')}" for k, v in sorted(point.tags.items()) if v
+    ]
     head = ",".join(parts)
+    if measurement.startswith("#"):
+        return f"# {head} (a measurement beginning with '#' reads as a comment in line protocol)"
     if not fields:
-        return f"# {head} (a point without fields cannot be written as line protocol)"
+        return f"# {head} {point.time} (no field line protocol can carry: {sorted(values)})"
+    dropped = sorted(set(values) - set(fields))
+    note = f"\n# ^ fields left out (NaN or infinite): {', '.join(dropped)}" if dropped else ""
     body = ",".join(f"{_escape(k, ',= ')}={_field_value(v)}" for k, v in fields.items())
-    return f"{head} {body} {point.time}"
+    return f"{head} {body} {point.time}{note}"
 
 
 def _as_dict(message: Message) -> dict[str, Any]:
@@ -75,7 +91,7 @@ def _as_dict(message: Message) -> dict[str, Any]:
     if message.dimensions:
         doc["dimensions"] = list(message.dimensions)
     doc["tags"] = dict(sorted(message.tags.items()))
-    doc["fields"] = _fields(message)
+    doc["fields"] = {k: v if _finite(v) else None for k, v in _fields(message).items()}
     return doc
 
 
@@ -110,7 +126,7 @@ class OutputWriter:
             elif isinstance(message, pb.BeginBatch):
                 self.batches += 1
             if self._format == "json":
-                self._out.write(json.dumps(_as_dict(message)) + "\n")
+                self._out.write(json.dumps(_as_dict(message), allow_nan=False) + "\n")
             elif self._format == "table":
                 if isinstance(message, pb.Point):
                     row = _as_dict(message)
