@@ -14,6 +14,7 @@ import math
 from collections.abc import Iterable
 from typing import Any, TextIO
 
+from udfd.points import fields
 from udfd.protocol.proto import udf_pb2 as pb
 
 __all__ = ["FORMATS", "OutputWriter", "format_line"]
@@ -44,12 +45,7 @@ def _field_value(value: Any) -> str:
 
 
 def _fields(point: pb.Point) -> dict[str, Any]:
-    values: dict[str, Any] = {}
-    values.update(point.fieldsDouble)
-    values.update(point.fieldsInt)
-    values.update(point.fieldsString)
-    values.update(point.fieldsBool)
-    return dict(sorted(values.items()))
+    return dict(sorted(fields(point).items()))
 
 
 def format_line(point: pb.Point, name: str = "") -> str:
