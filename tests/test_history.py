@@ -101,3 +101,49 @@ def test_rows_with_a_non_finite_feature_are_skipped_and_counted(tmp_path: Path) 
     data = build_dataset(read_csv(path), ["a", "b"], None, "")
     assert data.rows == [[1.0, 2.0], [3.0, 4.0]] and data.read == 5
     assert data.skipped == {"a not finite": 1, "b not finite": 1, "missing a feature": 1}
+
+
+def test_the_fast_path_for_simple_lines_agrees_with_the_full_scanner() -> None:
+    """parse_line splits lines without escapes or strings; whatever it answers must be what
+    the character scanner answers (it hands every doubtful line to the scanner)."""
+    import random
+
+    from udfd.history.lineprotocol import LineProtocolError, _parse_full, _simple
+
+    rng = random.Random(5)
+    words = ["cpu", "m", "host", "h1", "", "a=b", "x"]
+    values = [
+        "1",
+        "-2.5",
+        "1i",
+        "7u",
+        "-3u",
+        "t",
+        "FALSE",
+        "1e3",
+        "",
+        "abc",
+        "9999999999999999999i",
+    ]
+
+    def pairs(n: int, vals: list[str]) -> str:
+        return ",".join(f"{rng.choice(words)}={rng.choice(vals)}" for _ in range(n))
+
+    answered = 0
+    for _ in range(20_000):
+        line = rng.choice(words)
+        if rng.random() < 0.6:
+            line += "," + pairs(rng.randint(1, 3), words)
+        line += " " + pairs(rng.randint(1, 3), values)
+        if rng.random() < 0.7:
+            line += " " + rng.choice(["1", "-5", "12x", "", "1514979051065000000"])
+        fast = _simple(line, "ns")
+        if fast is None:
+            continue
+        answered += 1
+        try:
+            full = _parse_full(line, "ns")
+        except LineProtocolError as exc:
+            raise AssertionError(f"{line!r}: fast path {fast}, scanner: {exc}") from None
+        assert fast == full, line
+    assert answered > 1000  # the fast path was exercised

@@ -43,6 +43,8 @@ def test_the_fixture_runs_tasks_snapshots_and_daemons(pytester: pytest.Pytester)
     pytester.makepyfile(handlers=HANDLER)
     pytester.makepyfile(
         test_user="""
+import pytest
+
 from handlers import Avg
 
 LP = "cpu,host=a v=1 1\\ncpu,host=a v=3 2\\ncpu,host=a v=5 3"
@@ -76,6 +78,13 @@ def test_conformance(udf):
     udf.conformance(Avg, {"field": "v"}, lp=LP)
 
 
+@pytest.mark.anyio
+async def test_in_an_async_test(udf):
+    run = await udf.arun(Avg, {"field": "v"}, lp=LP)
+    assert len(run.points) == 3
+    await udf.aconformance(Avg, {"field": "v"}, lp=LP, checks=["info", "snapshot"])
+
+
 def test_through_a_daemon(udf):
     from pathlib import Path
 
@@ -85,7 +94,7 @@ def test_through_a_daemon(udf):
 """
     )
     result = pytester.runpytest_subprocess("-p", "no:cacheprovider", "-q")
-    result.assert_outcomes(passed=6)
+    result.assert_outcomes(passed=7)
 
 
 def test_the_conformance_check_fails_a_handler_that_loses_its_state(

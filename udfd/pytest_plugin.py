@@ -17,8 +17,8 @@ and plays Kapacitor against it over that socket (``udfd.testing``); nothing is
 mocked. ``udf.daemon(config)`` starts a real ``udfd serve`` in the test's
 temporary directory, and ``udf.run(socket=...)`` drives one of its functions.
 
-The methods are synchronous (each runs its own event loop), for plain test
-functions; inside an async test use the ``udfd.testing`` coroutines directly.
+``udf.run`` and ``udf.conformance`` run their own event loop, for plain test
+functions; an async test awaits ``udf.arun`` and ``udf.aconformance`` instead.
 """
 
 from __future__ import annotations
@@ -107,7 +107,28 @@ class UdfHarness:
         """One task's life (Info, Init, Restore, the data, Snapshot, the half-close) against
         ``handler`` served in-process, or against a running ``socket``. ``lp`` is line
         protocol sent as stream points. A failed Init ends the run there: check
-        ``run.init.success`` and ``run.init.error``."""
+        ``run.init.success`` and ``run.init.error``. In an async test: ``await udf.arun``."""
+        return anyio.run(
+            functools.partial(
+                self.arun, handler, options, lp=lp, points=points, batches=batches,
+                restore=restore, snapshot=snapshot, socket=socket, **serve,
+            )
+        )  # fmt: skip
+
+    async def arun(
+        self,
+        handler: type[Any] | HandlerSpec | None = None,
+        options: Mapping[str, Any] | Iterable[pb.Option] = (),
+        *,
+        lp: str | Iterable[str] | None = None,
+        points: Iterable[pb.Point] = (),
+        batches: Iterable[Batch] = (),
+        restore: bytes | None = None,
+        snapshot: bool = False,
+        socket: Path | str | None = None,
+        **serve: Any,
+    ) -> TaskRun:
+        """:meth:`run` for async tests (in the test's own event loop)."""
         if lp is not None:
             points = [*points, *self.points(lp)]
         task = functools.partial(
@@ -115,15 +136,11 @@ class UdfHarness:
             restore=restore, snapshot=snapshot,
         )  # fmt: skip
         if socket is not None:
-            return anyio.run(task, socket)
+            return await task(socket)
         if handler is None:
             raise TypeError("udf.run needs a handler or a socket")
-
-        async def served() -> TaskRun:
-            async with serve_handler(handler, **serve) as site:
-                return await task(site.path)
-
-        return anyio.run(served)
+        async with serve_handler(handler, **serve) as site:
+            return await task(site.path)
 
     def conformance(
         self,
@@ -137,14 +154,30 @@ class UdfHarness:
         **kwargs: Any,
     ) -> ConformanceReport:
         """Run :func:`udfd.conformance.check_conformance`; fails the test on any failed check
-        (``check=False`` returns the report instead)."""
+        (``check=False`` returns the report instead). In an async test:
+        ``await udf.aconformance``."""
+        return anyio.run(
+            functools.partial(
+                self.aconformance, handler, options, lp=lp, points=points, batches=batches,
+                check=check, **kwargs,
+            )
+        )  # fmt: skip
+
+    async def aconformance(
+        self,
+        handler: type[Any] | HandlerSpec,
+        options: Mapping[str, Any] | Iterable[pb.Option] = (),
+        *,
+        lp: str | Iterable[str] | None = None,
+        points: Sequence[pb.Point] = (),
+        batches: Sequence[Batch] = (),
+        check: bool = True,
+        **kwargs: Any,
+    ) -> ConformanceReport:
+        """:meth:`conformance` for async tests."""
         if lp is not None:
             points = [*points, *self.points(lp)]
-        report = anyio.run(
-            functools.partial(
-                check_conformance, handler, options, points=points, batches=batches, **kwargs
-            )
-        )
+        report = await check_conformance(handler, options, points=points, batches=batches, **kwargs)
         if check:
             assert_conformant(report)
         return report

@@ -105,8 +105,47 @@ def _number_or_bool(text: str) -> FieldValue:
     raise LineProtocolError(f"invalid field value {text!r}")
 
 
+def _simple(line: str, precision: str) -> Row | None:
+    """The common line (no escapes, no string fields) by splitting; None when the line is
+    not that simple or looks wrong, so the full scanner parses it (and names the error)."""
+    if "\\" in line or '"' in line:
+        return None
+    parts = line.split(" ")
+    if len(parts) not in (2, 3) or not all(parts):
+        return None
+    head = parts[0].split(",")
+    tags: dict[str, str] = {}
+    for pair in head[1:]:
+        key, eq, value = pair.partition("=")
+        if not key or not eq or not value or "=" in value:
+            return None
+        tags[key] = value
+    fields: dict[str, FieldValue] = {}
+    for pair in parts[1].split(","):
+        key, eq, value = pair.partition("=")
+        if not key or not eq or not value or "=" in value:
+            return None
+        try:
+            fields[key] = _number_or_bool(value)
+        except LineProtocolError:
+            return None
+    time = None
+    if len(parts) == 3:
+        if not _INT.fullmatch(parts[2]):
+            return None
+        time = int(parts[2]) * PRECISIONS[precision]
+    return Row(head[0], fields, tags, time) if head[0] else None
+
+
 def parse_line(line: str, precision: str = "ns") -> Row:
     """One line of line protocol; raises :class:`LineProtocolError` saying what is wrong."""
+    simple = _simple(line, precision)
+    if simple is not None:
+        return simple
+    return _parse_full(line, precision)
+
+
+def _parse_full(line: str, precision: str) -> Row:
     measurement, i = _scan(line, 0, ", ", ", ")
     if not measurement:
         raise LineProtocolError("missing measurement")

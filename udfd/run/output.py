@@ -14,7 +14,6 @@ import math
 from collections.abc import Iterable
 from typing import Any, TextIO
 
-from udfd.points import fields
 from udfd.protocol.proto import udf_pb2 as pb
 
 __all__ = ["FORMATS", "OutputWriter", "format_line"]
@@ -23,7 +22,12 @@ FORMATS = ("lp", "json", "table")
 Message = pb.Point | pb.BeginBatch | pb.EndBatch
 
 
+_PLAIN = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_-.:/")
+
+
 def _escape(text: str, special: str) -> str:
+    if _PLAIN.issuperset(text):  # the usual name: nothing to escape
+        return text
     out = text.replace("\\", "\\\\")
     for char in special:
         out = out.replace(char, "\\" + char)
@@ -45,7 +49,12 @@ def _field_value(value: Any) -> str:
 
 
 def _fields(point: pb.Point) -> dict[str, Any]:
-    return dict(sorted(fields(point).items()))
+    """All fields, sorted by key (one pass over the four typed maps)."""
+    items: list[tuple[str, Any]] = []
+    for typed in (point.fieldsDouble, point.fieldsInt, point.fieldsString, point.fieldsBool):
+        if typed:
+            items.extend(typed.items())
+    return dict(sorted(items))
 
 
 def format_line(point: pb.Point, name: str = "") -> str:
