@@ -68,6 +68,17 @@ def _wait(predicate: Callable[[], bool], timeout: float = 20.0) -> None:
         time.sleep(0.05)
 
 
+def _one_task_running(
+    daemon: Callable[..., DaemonProcess], config: str, kapacitor: StandInKapacitor, workdir: Path
+) -> DaemonProcess:
+    """A daemon serving one Kapacitor task, cpu_alert, recorded in tasks.json."""
+    first = daemon(config)
+    first.wait_for("ready:")
+    kapacitor.define("cpu_alert", first.socket("mirror"))
+    _wait(lambda: "cpu_alert" in _records(workdir))
+    return first
+
+
 def _kapacitor_status(workdir: Path) -> dict[str, int]:
     status: dict[str, int] = json.loads((workdir / "state" / "status.json").read_text())[
         "kapacitor"
@@ -145,10 +156,7 @@ def test_a_sigkill_of_udfd_still_leaves_the_tasks_to_re_enable(
     workdir: Path, kapacitor: StandInKapacitor, daemon: Callable[..., DaemonProcess]
 ) -> None:
     config = _config(kapacitor, workdir)
-    first = daemon(config)
-    first.wait_for("ready:")
-    kapacitor.define("cpu_alert", first.socket("mirror"))
-    _wait(lambda: "cpu_alert" in _records(workdir))
+    first = _one_task_running(daemon, config, kapacitor, workdir)
     first.proc.send_signal(signal.SIGKILL)  # no shutdown code runs at all
     first.wait()
     kapacitor.wait(lambda: not kapacitor.tasks["cpu_alert"].executing)
@@ -189,10 +197,7 @@ def test_transient_errors_are_retried_with_backoff_and_logged(
     workdir: Path, kapacitor: StandInKapacitor, daemon: Callable[..., DaemonProcess]
 ) -> None:
     config = _config(kapacitor, workdir).replace("attempts = 5", "attempts = 12")
-    first = daemon(config)
-    first.wait_for("ready:")
-    kapacitor.define("cpu_alert", first.socket("mirror"))
-    _wait(lambda: "cpu_alert" in _records(workdir))
+    first = _one_task_running(daemon, config, kapacitor, workdir)
     assert first.stop() == 0
     first.close()
     kapacitor.close()  # Kapacitor is down when udfd comes back: connection refused
@@ -213,10 +218,7 @@ def test_wrong_credentials_fail_at_once_and_change_nothing(
     workdir: Path, kapacitor: StandInKapacitor, daemon: Callable[..., DaemonProcess]
 ) -> None:
     config = _config(kapacitor, workdir)
-    first = daemon(config)
-    first.wait_for("ready:")
-    kapacitor.define("cpu_alert", first.socket("mirror"))
-    _wait(lambda: "cpu_alert" in _records(workdir))
+    first = _one_task_running(daemon, config, kapacitor, workdir)
     assert first.stop() == 0
     first.close()
     (workdir / "kapacitor.token").write_text("a-wrong-token-also-secret\n")
@@ -236,10 +238,7 @@ def test_without_a_url_udfd_names_the_stopped_tasks(
     config = (
         'shutdown_grace = "0.5s"\n[functions.mirror]\nhandler = "HANDLERS/handlers.py:Mirror"\n'
     )
-    first = daemon(config)
-    first.wait_for("ready:")
-    kapacitor.define("cpu_alert", first.socket("mirror"))
-    _wait(lambda: "cpu_alert" in _records(workdir))
+    first = _one_task_running(daemon, config, kapacitor, workdir)
     assert first.stop() == 0
     first.close()
 

@@ -26,9 +26,9 @@ from __future__ import annotations
 import functools
 import shutil
 import tempfile
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Concatenate, ParamSpec, TypeVar
 
 import anyio
 import pytest
@@ -45,6 +45,26 @@ __all__ = ["UdfHarness"]
 
 def _lines(lp: str | Iterable[str]) -> list[str]:
     return lp.splitlines() if isinstance(lp, str) else list(lp)
+
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+def _blocking(
+    method: Callable[Concatenate[UdfHarness, P], Awaitable[R]],
+) -> Callable[Concatenate[UdfHarness, P], R]:
+    """The coroutine method as a plain one that runs its own event loop (plain tests)."""
+
+    def blocking(self: UdfHarness, /, *args: P.args, **kwargs: P.kwargs) -> R:
+        return anyio.run(functools.partial(method, self, *args, **kwargs))
+
+    name = method.__name__.removeprefix("a")
+    blocking.__name__ = name
+    blocking.__qualname__ = f"{method.__qualname__.rsplit('.', 1)[0]}.{name}"
+    blocking.__doc__ = method.__doc__
+    blocking.__wrapped__ = method  # type: ignore[attr-defined]  # inspect.signature shows it
+    return blocking
 
 
 class UdfHarness:
@@ -91,8 +111,9 @@ class UdfHarness:
 
     # ---------------------------------------------------------------- running
 
-    def run(
+    async def arun(
         self,
+        /,
         handler: type[Any] | HandlerSpec | None = None,
         options: Mapping[str, Any] | Iterable[pb.Option] = (),
         *,
@@ -107,28 +128,8 @@ class UdfHarness:
         """One task's life (Info, Init, Restore, the data, Snapshot, the half-close) against
         ``handler`` served in-process, or against a running ``socket``. ``lp`` is line
         protocol sent as stream points. A failed Init ends the run there: check
-        ``run.init.success`` and ``run.init.error``. In an async test: ``await udf.arun``."""
-        return anyio.run(
-            functools.partial(
-                self.arun, handler, options, lp=lp, points=points, batches=batches,
-                restore=restore, snapshot=snapshot, socket=socket, **serve,
-            )
-        )  # fmt: skip
-
-    async def arun(
-        self,
-        handler: type[Any] | HandlerSpec | None = None,
-        options: Mapping[str, Any] | Iterable[pb.Option] = (),
-        *,
-        lp: str | Iterable[str] | None = None,
-        points: Iterable[pb.Point] = (),
-        batches: Iterable[Batch] = (),
-        restore: bytes | None = None,
-        snapshot: bool = False,
-        socket: Path | str | None = None,
-        **serve: Any,
-    ) -> TaskRun:
-        """:meth:`run` for async tests (in the test's own event loop)."""
+        ``run.init.success`` and ``run.init.error``. ``udf.run(...)`` is the same for a
+        plain test function (it runs its own event loop)."""
         if lp is not None:
             points = [*points, *self.points(lp)]
         task = functools.partial(
@@ -142,8 +143,9 @@ class UdfHarness:
         async with serve_handler(handler, **serve) as site:
             return await task(site.path)
 
-    def conformance(
+    async def aconformance(
         self,
+        /,
         handler: type[Any] | HandlerSpec,
         options: Mapping[str, Any] | Iterable[pb.Option] = (),
         *,
@@ -154,33 +156,17 @@ class UdfHarness:
         **kwargs: Any,
     ) -> ConformanceReport:
         """Run :func:`udfd.conformance.check_conformance`; fails the test on any failed check
-        (``check=False`` returns the report instead). In an async test:
-        ``await udf.aconformance``."""
-        return anyio.run(
-            functools.partial(
-                self.aconformance, handler, options, lp=lp, points=points, batches=batches,
-                check=check, **kwargs,
-            )
-        )  # fmt: skip
-
-    async def aconformance(
-        self,
-        handler: type[Any] | HandlerSpec,
-        options: Mapping[str, Any] | Iterable[pb.Option] = (),
-        *,
-        lp: str | Iterable[str] | None = None,
-        points: Sequence[pb.Point] = (),
-        batches: Sequence[Batch] = (),
-        check: bool = True,
-        **kwargs: Any,
-    ) -> ConformanceReport:
-        """:meth:`conformance` for async tests."""
+        (``check=False`` returns the report instead). ``udf.conformance(...)`` is the same
+        for a plain test function."""
         if lp is not None:
             points = [*points, *self.points(lp)]
         report = await check_conformance(handler, options, points=points, batches=batches, **kwargs)
         if check:
             assert_conformant(report)
         return report
+
+    run = _blocking(arun)
+    conformance = _blocking(aconformance)
 
     def daemon(self, config: str, env: Mapping[str, str] | None = None) -> DaemonProcess:
         """A real ``udfd serve`` on ``config`` (TOML after socket_dir and state_dir), ready
