@@ -34,7 +34,7 @@ import anyio
 from udfd.handler import Edge, HandlerSpec, inspect_handler
 from udfd.protocol.client import UdfError, connect, init_options
 from udfd.protocol.proto import udf_pb2 as pb
-from udfd.testing import serve_handler
+from udfd.testing import run_task, serve_handler
 
 __all__ = ["CHECKS", "ConformanceReport", "assert_conformant", "check_conformance"]
 
@@ -90,32 +90,24 @@ async def _run(
     restore: bytes | None = None,
     snapshot: bool = False,
 ) -> tuple[list[Message], bytes, list[str]]:
-    """One task: Init, optional Restore, the data, optional Snapshot; the output before the
-    Snapshot (or all of it), the snapshot, and the errors."""
-    async with connect(path) as client:
-        await client.info()
-        init = await client.init(options)
-        if not init.success:
-            raise UdfError(f"Init failed: {init.error}")
-        if restore is not None:
-            answer = await client.restore(restore)
-            if not answer.success:
-                raise UdfError(f"Restore failed: {answer.error}")
-        taken = b""
-        before: list[Message] | None = None
-        try:
-            await _send(client, data)
-            if snapshot:
-                taken = await client.snapshot()
-                before = list(client.output)  # close()'s output would not be in one long run
-            await client.finish()
-        except (anyio.BrokenResourceError, anyio.ClosedResourceError, OSError):
-            # the handler ended the task (its ErrorResponse is in client.errors)
-            with anyio.move_on_after(5):
-                await client.wait_closed()
-        if snapshot and before is None and not client.errors:
+    """One task (``udfd.testing.run_task``) that must get through Init and Restore; the
+    output before the Snapshot (close()'s output would not be in one long run), or all of
+    it, the snapshot, and the errors."""
+    points = [item for item in data if isinstance(item, pb.Point)]
+    batches = [item for item in data if isinstance(item, tuple)]
+    run = await run_task(
+        path, options, points=points, batches=batches, restore=restore, snapshot=snapshot
+    )
+    if not run.init.success:
+        raise UdfError(f"Init failed: {run.init.error}")
+    if run.restore is not None and not run.restore.success:
+        raise UdfError(f"Restore failed: {run.restore.error}")
+    if snapshot and run.before_snapshot is None:
+        if not run.errors:
             raise UdfError("the connection ended before the Snapshot was answered")
-        return (before if before is not None else list(client.output)), taken, client.errors
+        return run.output, b"", run.errors
+    output = run.output if run.before_snapshot is None else run.output[: run.before_snapshot]
+    return output, run.snapshot, run.errors
 
 
 async def _send(client: Any, data: Sequence[pb.Point] | Sequence[Batch]) -> None:

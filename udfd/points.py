@@ -63,10 +63,9 @@ def has_field(point: pb.Point, name: str) -> bool:
 def fields(point: pb.Point) -> dict[str, FieldValue]:
     """All fields of a point in one dict."""
     out: dict[str, FieldValue] = {}
-    out.update(point.fieldsDouble)
-    out.update(point.fieldsInt)
-    out.update(point.fieldsString)
-    out.update(point.fieldsBool)
+    for typed in (point.fieldsDouble, point.fieldsInt, point.fieldsString, point.fieldsBool):
+        if typed:  # most points use one or two of the four maps; update() is not free
+            out.update(typed)
     return out
 
 

@@ -199,6 +199,8 @@ class TaskRun:
     init: pb.InitResponse
     restore: pb.RestoreResponse | None = None
     snapshot: bytes = b""
+    #: how many of ``output`` arrived before the Snapshot was answered (None: no Snapshot)
+    before_snapshot: int | None = None
     output: list[Message] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
 
@@ -219,7 +221,10 @@ async def run_task(
     """One task's life as Kapacitor runs it: Info, Init, optional Restore, the data,
     optional Snapshot, then the half-close and reading until the UDF closes.
 
-    A failed Init ends the run there, as it ends the task in Kapacitor.
+    A failed Init ends the run there, as it ends the task in Kapacitor. A UDF that ends
+    the task while it is still being fed (an ErrorResponse, then closing) ends the run
+    too: the output and errors up to then are returned, as Kapacitor would have seen them.
+    A protocol violation raises :class:`~udfd.protocol.client.UdfProtocolError`.
     """
     async with connect(path) as client:
         await client.info()
@@ -229,12 +234,17 @@ async def run_task(
             return run
         if restore is not None:
             run.restore = await client.restore(restore)
-        await client.send_points(points)
-        for begin, batch, end in batches:
-            await client.send_batch(begin, batch, end)
-        if snapshot:
-            run.snapshot = await client.snapshot()
-        run.output = list(await client.finish())
+        try:
+            await client.send_points(points)
+            for begin, batch, end in batches:
+                await client.send_batch(begin, batch, end)
+            if snapshot:
+                run.snapshot = await client.snapshot()
+                run.before_snapshot = len(client.output)
+            await client.finish()
+        except (anyio.BrokenResourceError, anyio.ClosedResourceError, OSError):
+            await client.wait_closed()  # raises on a protocol violation
+        run.output = list(client.output)
         run.errors = list(client.errors)
     return run
 

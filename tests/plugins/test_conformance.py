@@ -83,3 +83,17 @@ def test_a_failing_handler_gets_a_report_not_an_exception(udf: Any) -> None:
     failed = {r.check: r.detail for r in report.failures}
     assert set(failed) == {"snapshot", "framing", "identity", "keepalive"}, str(report)
     assert "boom" in failed["framing"] and "boom" in failed["identity"]
+
+
+def test_a_run_the_handler_ends_midway_returns_its_error(udf: Any) -> None:
+    import udfd
+
+    class Raises(udfd.Handler[udfd.NoOptions]):
+        def point(self, point: udfd.Point) -> udfd.Output:
+            raise RuntimeError("boom")
+
+    # far more than the socket buffers hold: the feeding is cut off by the UDF's close
+    many = udf.points("\n".join(f"m v={i} {i}" for i in range(50_000)))
+    run = udf.run(Raises, points=many)
+    assert run.init.success and run.points == []
+    assert len(run.errors) == 1 and "RuntimeError: boom" in run.errors[0]

@@ -189,18 +189,26 @@ def _parse_full(line: str, precision: str) -> Row:
     return Row(measurement, fields, tags, time)
 
 
+def parse_numbered(raw: str, number: int, precision: str = "ns", where: str = "") -> Row | None:
+    """Line ``number`` of an input: None for a blank line or a ``#`` comment; the error
+    names where it is (``where:number: ...``)."""
+    line = raw.rstrip("\r\n").lstrip(" \t")
+    if not line.strip() or line.startswith("#"):
+        return None
+    try:
+        return parse_line(line, precision)
+    except LineProtocolError as exc:
+        raise LineProtocolError(f"{where or 'line protocol'}:{number}: {exc}") from None
+
+
 def parse_lines(lines: Iterable[str], precision: str = "ns", where: str = "") -> Iterator[Row]:
     """Every point of ``lines``; blank lines and ``#`` comments are skipped."""
     if precision not in PRECISIONS:
         raise LineProtocolError(f"unknown precision {precision!r} ({', '.join(PRECISIONS)})")
     for number, raw in enumerate(lines, 1):
-        line = raw.rstrip("\r\n").lstrip(" \t")
-        if not line.strip() or line.startswith("#"):
-            continue
-        try:
-            yield parse_line(line, precision)
-        except LineProtocolError as exc:
-            raise LineProtocolError(f"{where or 'line protocol'}:{number}: {exc}") from None
+        row = parse_numbered(raw, number, precision, where)
+        if row is not None:
+            yield row
 
 
 def read_line_protocol(path: Path, precision: str = "ns") -> Iterator[Row]:

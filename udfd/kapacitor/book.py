@@ -34,18 +34,14 @@ MAX_TASKS = 10_000
 #: the longest task ID kept (Kapacitor IDs are short names)
 MAX_ID = 512
 
-#: (task ID, function, node ID)
-Use = tuple[str, str, str]
-
 
 class TaskBook:
     """Live and pending tasks; the supervisor's event loop owns it (no locking)."""
 
     def __init__(self, path: Path) -> None:
         self.path = path
-        #: open connections per use, this run
-        self._live: collections.Counter[Use] = collections.Counter()
-        self._live_tasks: collections.Counter[str] = collections.Counter()
+        #: this run's open connections: task -> (function, node) -> how many
+        self._live: dict[str, collections.Counter[tuple[str, str]]] = {}
         #: tasks that lost their connections to udfd: task -> {(function, node)}
         self._pending: dict[str, set[tuple[str, str]]] = {}
         #: tasks udfd itself disabled (to restart them) and has not enabled again yet
@@ -94,14 +90,15 @@ class TaskBook:
 
     def is_live(self, task: str) -> bool:
         """Whether the task has a connection to udfd now."""
-        return self._live_tasks[task] > 0
+        return task in self._live
 
     def reconnected(self, task: str, uses: list[tuple[str, str]]) -> bool:
         """Whether every one of ``uses`` (the pairs that had lost their connection) is live
         again: another node of the task that never lost its connection proves nothing."""
         if not uses:
             return self.is_live(task)
-        return all(self._live[(task, function, node)] > 0 for function, node in uses)
+        live = self._live.get(task)
+        return live is not None and all(live[use] > 0 for use in uses)
 
     def disabled_by_udfd(self, task: str) -> bool:
         return task in self._disabled
@@ -116,7 +113,7 @@ class TaskBook:
         self.version += 1
 
     def counts(self) -> dict[str, int]:
-        return {"live": len(+self._live_tasks), "pending": len(self._pending)}
+        return {"live": len(self._live), "pending": len(self._pending)}
 
     # ---------------------------------------------------------------- changes
 
@@ -125,7 +122,7 @@ class TaskBook:
         if not task or len(task) > MAX_ID:
             return  # not a Kapacitor task ID (a test client, say): nothing to re-enable
         known = self.is_live(task) or task in self._pending
-        if not known and len(+self._live_tasks) + len(self._pending) >= MAX_TASKS:
+        if not known and len(self._live) + len(self._pending) >= MAX_TASKS:
             if not self._full_warned:
                 self._full_warned = True
                 log.warning(
@@ -135,8 +132,7 @@ class TaskBook:
                     task,
                 )
             return
-        self._live[(task, function, node)] += 1
-        self._live_tasks[task] += 1
+        self._live.setdefault(task, collections.Counter())[(function, node)] += 1
         pending = self._pending.get(task)
         if pending is not None:  # only this node is back; others may still be lost
             pending.discard((function, node))
@@ -146,15 +142,15 @@ class TaskBook:
 
     def ended(self, task: str, function: str, node: str, *, keep: bool) -> None:
         """A connection ended; ``keep``: udfd lost it, so the task is to be re-enabled."""
-        use = (task, function, node)
-        if self._live[use] <= 0:
+        live = self._live.get(task)
+        use = (function, node)
+        if live is None or live[use] <= 0:
             return
-        self._live[use] -= 1
-        self._live_tasks[task] -= 1
-        if self._live[use] == 0:
-            del self._live[use]
-        if self._live_tasks[task] == 0:
-            del self._live_tasks[task]
+        live[use] -= 1
+        if live[use] == 0:
+            del live[use]
+            if not live:
+                del self._live[task]
         if keep:
             self._pending.setdefault(task, set()).add((function, node))
         self.version += 1
@@ -171,8 +167,8 @@ class TaskBook:
 
     def document(self) -> dict[str, Any]:
         tasks: dict[str, set[tuple[str, str]]] = {t: set(u) for t, u in self._pending.items()}
-        for task, function, node in self._live:
-            tasks.setdefault(task, set()).add((function, node))
+        for task, uses in self._live.items():
+            tasks.setdefault(task, set()).update(uses)
         return {
             "written_at": time.time(),
             "tasks": {t: sorted([list(u) for u in uses]) for t, uses in sorted(tasks.items())},

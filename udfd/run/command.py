@@ -267,7 +267,7 @@ class _Run:
 
     def _counts(self, client: UdfClient) -> str:
         elapsed = time.monotonic() - self.started
-        text = f"{self.feed.counted[0]:,} point(s) in, {self.writer.points:,} out"
+        text = f"{self.feed.points_read:,} point(s) in, {self.writer.points:,} out"
         if self.writer.batches:
             text += f" ({self.writer.batches:,} batch(es))"
         return text + f", {elapsed:.1f}s"

@@ -18,10 +18,10 @@ nodes). Input is expected in time order, as Kapacitor's stream is.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
 
-from udfd.history.lineprotocol import LineProtocolError, parse_line, parse_lines
+from udfd.history.lineprotocol import LineProtocolError, parse_lines, parse_numbered
 from udfd.history.rows import Row
 from udfd.points import make_point
 from udfd.protocol.proto import udf_pb2 as pb
@@ -32,7 +32,7 @@ __all__ = ["Batch", "Feed", "batches_by_size", "batches_by_window", "points_from
 Batch = tuple[pb.BeginBatch, list[pb.Point], pb.EndBatch]
 
 
-def group_id(tags: dict[str, str], group_by: Sequence[str]) -> str:
+def group_id(tags: Mapping[str, str], group_by: Sequence[str]) -> str:
     """Kapacitor's group ID for a point grouped by ``group_by`` (empty: no grouping)."""
     return ",".join(f"{name}={tags.get(name, '')}" for name in sorted(group_by))
 
@@ -43,8 +43,8 @@ def _point(row: Row, group_by: Sequence[str], database: str, rp: str) -> pb.Poin
         row.measurement,
         row.time if row.time is not None else time.time_ns(),  # as InfluxDB stamps it
         row.fields,
-        dict(row.tags),
-        group=group_id(dict(row.tags), dims),
+        row.tags,
+        group=group_id(row.tags, dims),
         dimensions=dims or None,
     )
     point.database, point.retentionPolicy = database, rp
@@ -166,7 +166,8 @@ class Feed:
     precision: str = "ns"
     database: str = ""
     retention_policy: str = ""
-    counted: list[int] = field(default_factory=lambda: [0])
+    #: points read so far (the progress line and the summary show it)
+    points_read: int = 0
     #: the first bad input line's error; the points before it were fed
     error: str | None = None
 
@@ -176,30 +177,20 @@ class Feed:
 
     def parse(self, line: str, number: int, where: str) -> pb.Point | None:
         """One input line as a point (None: blank or a comment); the error names the line."""
-        text = line.rstrip("\r\n").lstrip(" \t")
-        if not text.strip() or text.startswith("#"):
+        row = parse_numbered(line, number, self.precision, where)
+        if row is None:
             return None
-        try:
-            row = parse_line(text, self.precision)
-        except LineProtocolError as exc:
-            raise LineProtocolError(f"{where}:{number}: {exc}") from None
-        self.counted[0] += 1
+        self.points_read += 1
         return _point(row, self.group_by, self.database, self.retention_policy)
 
     def points(self, lines: Iterable[str], where: str = "") -> Iterator[pb.Point]:
         """The points up to the first bad line, whose error is kept in :attr:`error` (so
         everything before it is still sent and handled)."""
         try:
-            for point in points_from_lines(
-                lines,
-                group_by=self.group_by,
-                precision=self.precision,
-                where=where,
-                database=self.database,
-                retention_policy=self.retention_policy,
-            ):
-                self.counted[0] += 1
-                yield point
+            for number, line in enumerate(lines, 1):
+                point = self.parse(line, number, where)
+                if point is not None:
+                    yield point
         except LineProtocolError as exc:
             self.error = str(exc)
 

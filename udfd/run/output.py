@@ -14,6 +14,7 @@ import math
 from collections.abc import Iterable
 from typing import Any, TextIO
 
+from udfd.points import fields
 from udfd.protocol.proto import udf_pb2 as pb
 
 __all__ = ["FORMATS", "OutputWriter", "format_line"]
@@ -49,12 +50,8 @@ def _field_value(value: Any) -> str:
 
 
 def _fields(point: pb.Point) -> dict[str, Any]:
-    """All fields, sorted by key (one pass over the four typed maps)."""
-    items: list[tuple[str, Any]] = []
-    for typed in (point.fieldsDouble, point.fieldsInt, point.fieldsString, point.fieldsBool):
-        if typed:
-            items.extend(typed.items())
-    return dict(sorted(items))
+    """All fields, sorted by key (line protocol's canonical order)."""
+    return dict(sorted(fields(point).items()))
 
 
 def format_line(point: pb.Point, name: str = "") -> str:

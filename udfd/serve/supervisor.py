@@ -318,6 +318,7 @@ class Supervisor:
         self._spawner_channel = Channel(self._spawner.sock)
         self._publish_lock = anyio.Lock()
         self._reload_lock = anyio.Lock()
+        self._tasks_lock = anyio.Lock()
         try:
             async with anyio.create_task_group() as tg:
                 self._tg = tg
@@ -909,8 +910,7 @@ class Supervisor:
 
     async def _persist_tasks(self) -> None:
         """Write the book now; one write at a time, so an older document never lands last."""
-        if self._tasks_lock is None:
-            self._tasks_lock = anyio.Lock()
+        assert self._tasks_lock is not None  # made in run(), with the other locks
         async with self._tasks_lock:
             version, document = self._book.version, self._book.document()
             if await anyio.to_thread.run_sync(self._book.save, document):
